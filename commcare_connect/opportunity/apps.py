@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OpportunityConfig(AppConfig):
+    name = "commcare_connect.opportunity"
+    label = "opportunity"
