@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "commcare_connect.users",
     "commcare_connect.organization",
     "commcare_connect.opportunity",
+    "commcare_connect.demo",
     "ledger",
 ]
 
