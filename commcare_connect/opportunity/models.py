@@ -215,7 +215,8 @@ class UserVisit(StatusStampMixin, BaseModel):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["xform_id", "entity_id", "deliver_unit"], name="unique_xform_entity_deliver_unit"
+                fields=["xform_id", "entity_id", "deliver_unit"],
+                name="unique_xform_entity_deliver_unit",
             )
         ]
         indexes = [models.Index(fields=["opportunity", "status"])]
@@ -241,11 +242,15 @@ class Payment(models.Model):
     opportunity_access = models.ForeignKey(
         OpportunityAccess, on_delete=models.CASCADE, null=True, blank=True
     )
-    organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, null=True, blank=True)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, null=True, blank=True
+    )
     amount = models.DecimalField(max_digits=10, decimal_places=2)
     amount_usd = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     date_paid = models.DateTimeField(default=timezone.now)
-    payment_unit = models.ForeignKey(PaymentUnit, on_delete=models.DO_NOTHING, null=True, blank=True)
+    payment_unit = models.ForeignKey(
+        PaymentUnit, on_delete=models.DO_NOTHING, null=True, blank=True
+    )
     invoice = models.ForeignKey(PaymentInvoice, on_delete=models.DO_NOTHING, null=True, blank=True)
 
 

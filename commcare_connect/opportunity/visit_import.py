@@ -45,9 +45,7 @@ def update_payment_accrued_for_user(access: OpportunityAccess, incremental: bool
     set to over_limit is skipped, so corrections must recompute with ``incremental=False``.
     """
     with payment_accrued_lock(access.pk):
-        works = CompletedWork.objects.filter(opportunity_access_id=access.pk).select_related(
-            None
-        )
+        works = CompletedWork.objects.filter(opportunity_access_id=access.pk).select_related(None)
         if incremental:
             works = works.filter(saved_approved_count=0).exclude(
                 status=CompletedWorkStatus.approved

@@ -183,9 +183,7 @@ def update_status(
     all_child_ids = [cw_id for pairs in child_works.values() for cw_id, _ in pairs]
     counts = _visit_counts([w.pk for w in works] + all_child_ids)
     rates = _RateTable(opportunity.currency) if compute_payment else None
-    unit_amounts = dict(
-        PaymentUnit.objects.filter(id__in=unit_ids).values_list("id", "amount")
-    )
+    unit_amounts = dict(PaymentUnit.objects.filter(id__in=unit_ids).values_list("id", "amount"))
     unit_org_amounts = dict(
         PaymentUnit.objects.filter(id__in=unit_ids).values_list("id", "org_amount")
     )

@@ -1,0 +1,5 @@
+"""Placeholder until the auditor subcommands land."""
+
+
+def add_parsers(subparsers) -> None:
+    pass

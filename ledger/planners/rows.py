@@ -1,0 +1,43 @@
+"""The row every planner produces and the helpers shared by planners."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from django.db import connection
+
+
+class PlannedRow(NamedTuple):
+    entity_kind: str  # "visit" | "completed_work"
+    entity_id: int
+    completed_work_id: int | None  # the unit a visit is flipped with (itself for a work)
+    opportunity_id: int
+    access_id: int | None
+    xform_id: str | None
+    from_status: str
+    to_status: str
+    excluded: str  # "" when the row will be flipped, else an ExclusionReason value
+    suspended: bool
+
+
+def plan_digest(rows: Iterable[PlannedRow]) -> str:
+    """A digest over what would be flipped, so apply can tell the plan was not altered."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: (r.entity_kind, r.entity_id)):
+        digest.update(
+            f"{row.entity_kind}:{row.entity_id}:{row.from_status}:{row.to_status}:"
+            f"{row.excluded}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def fetch(sql: str, params: dict | list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)

@@ -1,0 +1,152 @@
+"""The targeted fix: an operator's list of visits (by xform id or visit id) and a target status.
+
+A visit and its completed work are one unit — the host's recompute puts a work back to approved
+while its visits are approved — so a list that names only some of a work's visits is refused,
+naming the work and the visits missing, unless the operator asks to expand to whole works.
+Unknown ids are an error naming them; nothing is planned.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from commcare_connect.opportunity.models import (
+    CompletedWork,
+    CompletedWorkStatus,
+    OpportunityAccess,
+    UserVisit,
+    VisitValidationStatus,
+)
+from ledger.errors import LedgerError
+from ledger.models import EntityKind
+from ledger.planners.rows import PlannedRow, fetch, table
+
+# Visit target → the status its completed work takes with it.
+WORK_STATUS_FOR = {
+    VisitValidationStatus.over_limit.value: CompletedWorkStatus.over_limit.value,
+    VisitValidationStatus.approved.value: CompletedWorkStatus.approved.value,
+    VisitValidationStatus.rejected.value: CompletedWorkStatus.rejected.value,
+    VisitValidationStatus.pending.value: CompletedWorkStatus.pending.value,
+}
+NEVER_FLIPPED = (VisitValidationStatus.trial.value,)
+
+
+@dataclass(frozen=True)
+class VisitListOptions:
+    xform_ids: list[str] | None = None
+    visit_ids: list[int] | None = None
+    to_status: str = VisitValidationStatus.over_limit.value
+    expand: bool = False
+
+
+def _named_visits(opts: VisitListOptions) -> dict[int, tuple]:
+    if opts.xform_ids is not None:
+        column, values = "xform_id", sorted(set(opts.xform_ids))
+    else:
+        column, values = "id", sorted(set(opts.visit_ids or []))
+    rows = fetch(
+        f"SELECT v.id, v.{column} FROM {table(UserVisit)} v WHERE v.{column} = ANY(%s)",
+        [values],
+    )
+    found = {key for _, key in rows}
+    unknown = [v for v in values if v not in found]
+    if unknown:
+        shown = ", ".join(str(v) for v in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        label = "xform ids" if column == "xform_id" else "visit ids"
+        raise LedgerError(f"unknown {label}: {shown}{more}")
+    return {visit_id: key for visit_id, key in rows}
+
+
+def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
+    if opts.to_status not in WORK_STATUS_FOR:
+        allowed = ", ".join(WORK_STATUS_FOR)
+        raise LedgerError(f"unsupported target status {opts.to_status!r}; use one of {allowed}")
+    named = _named_visits(opts)
+    if not named:
+        raise LedgerError("the list names no visits")
+    work_to = WORK_STATUS_FOR[opts.to_status]
+
+    # The named visits, their works, and every visit of those works, in one statement.
+    rows = fetch(
+        f"""
+        WITH named AS (SELECT unnest(%(ids)s::bigint[]) AS id),
+        works AS (
+            SELECT DISTINCT v.completed_work_id AS id
+            FROM {table(UserVisit)} v JOIN named n ON n.id = v.id
+            WHERE v.completed_work_id IS NOT NULL
+        )
+        SELECT v.id, v.completed_work_id, v.opportunity_id, v.opportunity_access_id,
+               v.xform_id, v.status, a.suspended, w.status, (n.id IS NOT NULL)
+        FROM {table(UserVisit)} v
+        LEFT JOIN named n ON n.id = v.id
+        LEFT JOIN {table(CompletedWork)} w ON w.id = v.completed_work_id
+        LEFT JOIN {table(OpportunityAccess)} a ON a.id = v.opportunity_access_id
+        WHERE n.id IS NOT NULL OR v.completed_work_id IN (SELECT id FROM works)
+        ORDER BY v.completed_work_id NULLS FIRST, v.id
+        """,
+        {"ids": list(named)},
+    )
+
+    planned: list[PlannedRow] = []
+    missing: dict[int, list[str]] = defaultdict(list)
+    works_seen: dict[int, tuple] = {}
+    for (
+        visit_id,
+        work_id,
+        opp_id,
+        access_id,
+        xform_id,
+        status,
+        suspended,
+        work_status,
+        is_named,
+    ) in rows:
+        flippable = status != opts.to_status and status not in NEVER_FLIPPED
+        if not flippable:
+            continue
+        if not is_named and not opts.expand:
+            missing[work_id].append(xform_id or f"visit {visit_id}")
+            continue
+        planned.append(
+            PlannedRow(
+                EntityKind.visit.value,
+                visit_id,
+                work_id,
+                opp_id,
+                access_id,
+                xform_id,
+                status,
+                opts.to_status,
+                "",
+                bool(suspended),
+            )
+        )
+        if work_id is not None:
+            works_seen[work_id] = (opp_id, access_id, work_status, bool(suspended))
+    if missing:
+        first = sorted(missing)[:5]
+        detail = "; ".join(f"work {w} lacks {', '.join(missing[w])}" for w in first)
+        more = f" (and {len(missing) - 5} more works)" if len(missing) > 5 else ""
+        raise LedgerError(
+            f"the list names only some visits of {len(missing)} completed works: "
+            f"{detail}{more}; add them or use --expand"
+        )
+    for work_id, (opp_id, access_id, work_status, suspended) in sorted(works_seen.items()):
+        if work_status != work_to:
+            planned.append(
+                PlannedRow(
+                    EntityKind.completed_work.value,
+                    work_id,
+                    work_id,
+                    opp_id,
+                    access_id,
+                    None,
+                    work_status,
+                    work_to,
+                    "",
+                    suspended,
+                )
+            )
+    return planned

@@ -1,0 +1,267 @@
+"""The projector: the only code that writes host statuses for the ledger.
+
+``project`` runs inside the caller's transaction and, for one batch:
+
+1. takes the ledger's advisory lock, so events are chained and committed one batch at a time
+   (event order is commit order);
+2. takes the host's per-access accrual lock through the ``LEDGER_ACCESS_LOCK`` hook, so a host
+   recompute cannot write back statuses it read before the flip;
+3. locks the target rows in id order (``FOR NO KEY UPDATE``: new visits may still reference
+   the works) and compares each row's status with the event's from status;
+4. on conflict refuses the whole batch with a per-entity list — or, when asked, skips every
+   unit (a completed work with its visits) that has a conflicting member;
+5. updates visits and works set-based, bulk-inserts the chained events, and writes one pending
+   accrual recompute row per affected access.
+
+No event without its change and no change without its event: both happen in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from django.conf import settings
+from django.db import connection
+from django.utils.module_loading import import_string
+
+from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess, UserVisit
+from ledger import chain
+from ledger.errors import ConflictError
+from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
+from ledger.planners.rows import table
+from ledger.schema import Conflict
+
+LEDGER_LOCK = (0x4C454447, 1)  # "LEDG": serialises every ledger write
+CHUNK = 10_000
+
+
+class Flip(NamedTuple):
+    entity_kind: str
+    entity_id: int
+    completed_work_id: int | None
+    opportunity_id: int
+    access_id: int | None
+    xform_id: str | None
+    from_status: str
+    to_status: str
+    inverts_id: int | None = None
+    # For undo: the status_modified_date to restore; None means "now".
+    restore_status_modified_date: datetime.datetime | None = None
+
+
+@dataclass
+class Projection:
+    events: int = 0
+    visits: int = 0
+    works: int = 0
+    access_ids: list[int] = field(default_factory=list)
+    skipped: list[Conflict] = field(default_factory=list)
+
+
+def _access_lock_hook() -> Callable[[Sequence[int]], None] | None:
+    path = getattr(settings, "LEDGER_ACCESS_LOCK", None)
+    return import_string(path) if path else None
+
+
+def _lock_rows(model, ids: list[int]) -> dict[int, tuple[str, datetime.datetime | None]]:
+    found: dict[int, tuple[str, datetime.datetime | None]] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), CHUNK):
+            cursor.execute(
+                f"""SELECT id, status, status_modified_date FROM {table(model)}
+                    WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE""",
+                [ids[start : start + CHUNK]],
+            )
+            for pk, status, modified in cursor.fetchall():
+                found[pk] = (status, modified)
+    return found
+
+
+def _unit(flip: Flip) -> tuple[str, int]:
+    if flip.completed_work_id is not None:
+        return ("work", flip.completed_work_id)
+    return (flip.entity_kind, flip.entity_id)
+
+
+def _find_conflicts(flips: Sequence[Flip], current: dict) -> list[Conflict]:
+    conflicts = []
+    for f in flips:
+        found = current.get((f.entity_kind, f.entity_id))
+        status = found[0] if found else None
+        if status != f.from_status:
+            conflicts.append(
+                Conflict(
+                    entity_kind=f.entity_kind,
+                    entity_id=f.entity_id,
+                    completed_work_id=f.completed_work_id,
+                    expected_status=f.from_status,
+                    found_status=status,
+                )
+            )
+    return conflicts
+
+
+def _update(model, flips: list[Flip], stamps: list[datetime.datetime | None]) -> None:
+    with connection.cursor() as cursor:
+        for start in range(0, len(flips), CHUNK):
+            part = flips[start : start + CHUNK]
+            cursor.execute(
+                f"""UPDATE {table(model)} t
+                    SET status = u.status, status_modified_date = u.modified
+                    FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])
+                         AS u(id, status, modified)
+                    WHERE t.id = u.id""",
+                [
+                    [f.entity_id for f in part],
+                    [f.to_status for f in part],
+                    stamps[start : start + CHUNK],
+                ],
+            )
+
+
+_EVENT_COLUMNS = (
+    "batch_id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id", "access_id",
+    "xform_id", "from_status", "to_status", "reason", "inverts_id",
+    "prior_status_modified_date", "new_status_modified_date", "recorded_at", "prev_hash", "hash",
+)  # fmt: skip
+_EVENT_TYPES = (
+    "uuid", "text", "bigint", "bigint", "bigint", "bigint", "text", "text", "text", "text",
+    "bigint", "timestamptz", "timestamptz", "timestamptz", "text", "text",
+)  # fmt: skip
+
+
+def _insert_events(rows: list[dict]) -> None:
+    """Insert events in list order, so ids (and the chain) follow the order of ``rows``."""
+    columns = ", ".join(_EVENT_COLUMNS)
+    arrays = ", ".join(f"%s::{t}[]" for t in _EVENT_TYPES)
+    names = ", ".join(f"c{i}" for i in range(len(_EVENT_COLUMNS)))
+    sql = f"""INSERT INTO {table(CorrectionEvent)} ({columns})
+              SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord)
+              ORDER BY ord"""
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), CHUNK):
+            part = rows[start : start + CHUNK]
+            cursor.execute(sql, [[row[c] for row in part] for c in _EVENT_COLUMNS])
+
+
+def _last_hash() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT hash FROM {table(CorrectionEvent)} ORDER BY id DESC LIMIT 1")
+        row = cursor.fetchone()
+    return row[0] if row else chain.GENESIS
+
+
+def _write_recomputes(
+    batch: CorrectionBatch, access_ids: list[int], projected: dict[int, int]
+) -> None:
+    if not access_ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""INSERT INTO {table(AccrualRecompute)}
+                    (batch_id, access_id, opportunity_id, state, accrual_before,
+                     projected_after, created_at)
+                SELECT %s, a.id, a.opportunity_id, 'pending', a.payment_accrued,
+                       p.projected, now()
+                FROM {table(OpportunityAccess)} a
+                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS p(id, projected)
+                       ON p.id = a.id
+                WHERE a.id = ANY(%s)
+                ORDER BY a.id""",
+            [
+                batch.pk,
+                list(projected),
+                list(projected.values()),
+                access_ids,
+            ],
+        )
+
+
+def project(
+    batch: CorrectionBatch,
+    flips: Sequence[Flip],
+    *,
+    reason: str,
+    skip_conflicts: bool,
+    projected_accruals: dict[int, int] | None = None,
+) -> Projection:
+    """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", LEDGER_LOCK)
+
+    access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
+    hook = _access_lock_hook()
+    if hook is not None and access_ids:
+        hook(access_ids)
+
+    work_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.completed_work})
+    visit_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.visit})
+    current = {
+        (EntityKind.completed_work.value, pk): v
+        for pk, v in _lock_rows(CompletedWork, work_ids).items()
+    }
+    current.update(
+        {(EntityKind.visit.value, pk): v for pk, v in _lock_rows(UserVisit, visit_ids).items()}
+    )
+
+    result = Projection()
+    conflicts = _find_conflicts(flips, current)
+    if conflicts:
+        if not skip_conflicts:
+            raise ConflictError(
+                f"{len(conflicts)} entities no longer have the status the batch expects", conflicts
+            )
+        bad_units = {
+            ("work", c.completed_work_id) if c.completed_work_id is not None
+            else (c.entity_kind, c.entity_id)
+            for c in conflicts
+        }  # fmt: skip
+        result.skipped = conflicts
+        flips = [f for f in flips if _unit(f) not in bad_units]
+
+    now = datetime.datetime.now(datetime.UTC)
+    prev = _last_hash()
+    events: list[dict] = []
+    by_kind: dict[str, tuple[list[Flip], list]] = {
+        EntityKind.visit.value: ([], []),
+        EntityKind.completed_work.value: ([], []),
+    }
+    for f in flips:
+        prior = current[(f.entity_kind, f.entity_id)][1]
+        stamp = f.restore_status_modified_date if f.inverts_id is not None else now
+        by_kind[f.entity_kind][0].append(f)
+        by_kind[f.entity_kind][1].append(stamp)
+        event = {
+            "batch_id": str(batch.pk),
+            "entity_kind": f.entity_kind,
+            "entity_id": f.entity_id,
+            "completed_work_id": f.completed_work_id,
+            "opportunity_id": f.opportunity_id,
+            "access_id": f.access_id,
+            "xform_id": f.xform_id,
+            "from_status": f.from_status,
+            "to_status": f.to_status,
+            "reason": reason,
+            "inverts_id": f.inverts_id,
+            "prior_status_modified_date": prior,
+            "new_status_modified_date": stamp,
+            "recorded_at": now,
+        }
+        event["prev_hash"] = prev
+        event["hash"] = prev = chain.event_hash(prev, event)
+        events.append(event)
+
+    _update(UserVisit, *by_kind[EntityKind.visit.value])
+    _update(CompletedWork, *by_kind[EntityKind.completed_work.value])
+    _insert_events(events)
+    touched = sorted({f.access_id for f in flips if f.access_id is not None})
+    _write_recomputes(batch, touched, projected_accruals or {})
+
+    result.events = len(events)
+    result.visits = len(by_kind[EntityKind.visit.value][0])
+    result.works = len(by_kind[EntityKind.completed_work.value][0])
+    result.access_ids = touched
+    return result

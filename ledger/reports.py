@@ -1,0 +1,177 @@
+"""Turn planned rows and prices into the reports operators and finance review."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+
+from commcare_connect.opportunity.models import Opportunity
+from ledger.models import EntityKind
+from ledger.planners.rows import PlannedRow
+from ledger.pricing import AccessPrice
+from ledger.schema import (
+    AccessPlan,
+    CurrencyTotals,
+    Exclusion,
+    PlanReport,
+    PlanTotals,
+    ScanOpportunity,
+    ScanReport,
+)
+
+ZERO = Decimal(0)
+
+
+def _exclusions(rows: list[PlannedRow]) -> list[Exclusion]:
+    works: dict[str, set[int]] = defaultdict(set)
+    visits: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.excluded:
+            if r.entity_kind == EntityKind.completed_work:
+                works[r.excluded].add(r.entity_id)
+            else:
+                visits[r.excluded] += 1
+    return [
+        Exclusion(
+            reason=reason,
+            works=len(works[reason]),
+            visits=visits[reason],
+            completed_work_ids=sorted(works[reason]),
+        )
+        for reason in sorted(set(works) | set(visits))
+    ]
+
+
+def plan_report(
+    batch: str | None,
+    state: str,
+    planner: str,
+    reason: str,
+    scope: dict,
+    digest: str | None,
+    rows: list[PlannedRow],
+    prices: dict[int, AccessPrice],
+) -> PlanReport:
+    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if not r.excluded and r.access_id is not None:
+            counts[r.access_id][0 if r.entity_kind == EntityKind.completed_work else 1] += 1
+    accesses = []
+    for access_id, p in sorted(prices.items()):
+        works, visits = counts[access_id]
+        accesses.append(
+            AccessPlan(
+                access_id=access_id,
+                opportunity_id=p.opportunity_id,
+                opportunity=p.opportunity,
+                worker=p.worker,
+                currency=p.currency,
+                suspended=p.suspended,
+                works=works,
+                visits=visits,
+                accrual_now=p.accrual_now,
+                projected_accrual=p.projected_accrual,
+                worker_accrual_change=p.worker_change,
+                worker_accrual_change_usd=p.worker_change_usd,
+                org_accrual_change=p.org_change,
+                org_accrual_change_usd=p.org_change_usd,
+                paid_to_date=p.paid_to_date,
+                overpayment_exposure=p.overpayment_exposure,
+            )
+        )
+    by_currency: dict[str, CurrencyTotals] = {}
+    for a in accesses:
+        t = by_currency.setdefault(
+            a.currency,
+            CurrencyTotals(
+                currency=a.currency, accesses=0, works=0, visits=0, worker_accrual_change=0,
+                org_accrual_change=0, paid_to_date=ZERO, overpayment_exposure=ZERO,
+            ),
+        )  # fmt: skip
+        t.accesses += 1
+        t.works += a.works
+        t.visits += a.visits
+        t.worker_accrual_change += a.worker_accrual_change
+        t.org_accrual_change += a.org_accrual_change
+        t.paid_to_date += a.paid_to_date
+        t.overpayment_exposure += a.overpayment_exposure
+    excluded_works = {r.entity_id for r in rows if r.excluded and r.entity_kind == "completed_work"}
+    totals = PlanTotals(
+        accesses=len(accesses),
+        suspended_accesses=sum(1 for a in accesses if a.suspended),
+        works=sum(a.works for a in accesses),
+        visits=sum(a.visits for a in accesses),
+        excluded_works=len(excluded_works),
+        worker_accrual_change_usd=sum((a.worker_accrual_change_usd for a in accesses), ZERO),
+        org_accrual_change_usd=sum((a.org_accrual_change_usd for a in accesses), ZERO),
+        by_currency=[by_currency[c] for c in sorted(by_currency)],
+    )
+    return PlanReport(
+        batch=batch,
+        state=state,
+        planner=str(planner),
+        reason=reason,
+        scope=scope,
+        plan_digest=digest,
+        accesses=accesses,
+        exclusions=_exclusions(rows),
+        totals=totals,
+    )
+
+
+def scan_report(rows: list[PlannedRow]) -> ScanReport:
+    per: dict[int, dict] = defaultdict(
+        lambda: {"accesses": set(), "suspended": set(), "works": 0, "visits": 0, "excluded": 0}
+    )
+    for r in rows:
+        s = per[r.opportunity_id]
+        if r.excluded:
+            if r.entity_kind == EntityKind.completed_work:
+                s["excluded"] += 1
+            continue
+        s["accesses"].add(r.access_id)
+        if r.suspended:
+            s["suspended"].add(r.access_id)
+        s["works" if r.entity_kind == EntityKind.completed_work else "visits"] += 1
+    accrued = _accrued_on_works(
+        [r.entity_id for r in rows if r.entity_kind == "completed_work" and not r.excluded]
+    )
+    opportunities = {
+        o.pk: o for o in Opportunity.objects.filter(pk__in=list(per)).only(
+            "opportunity_id", "name", "currency"
+        )
+    }  # fmt: skip
+    return ScanReport(
+        opportunities=[
+            ScanOpportunity(
+                opportunity_id=opp_id,
+                opportunity=str(opportunities[opp_id].opportunity_id),
+                name=opportunities[opp_id].name,
+                currency=opportunities[opp_id].currency,
+                accesses=len(s["accesses"]),
+                suspended_accesses=len(s["suspended"]),
+                works=s["works"],
+                visits=s["visits"],
+                excluded_works=s["excluded"],
+                accrued_on_over_cap_works=accrued.get(opp_id, 0),
+            )
+            for opp_id, s in sorted(per.items())
+        ]
+    )
+
+
+def _accrued_on_works(work_ids: list[int]) -> dict[int, int]:
+    """What the over-cap works have accrued so far, per opportunity (a fact, not a forecast)."""
+    from django.db.models import Sum
+
+    from commcare_connect.opportunity.models import CompletedWork
+
+    if not work_ids:
+        return {}
+    return dict(
+        CompletedWork.objects.filter(pk__in=work_ids)
+        .values("opportunity_access__opportunity_id")
+        .annotate(total=Sum("saved_payment_accrued"))
+        .order_by()
+        .values_list("opportunity_access__opportunity_id", "total")
+    )

@@ -1,0 +1,160 @@
+"""Everything the ledger serializes: plan reports, apply/undo reports, history, exports.
+
+msgspec Structs, encoded to JSON with decimals as strings (exact money, never floats). The
+field-by-field documentation lives in ``docs/json-schema.md``; ``corrections schema`` prints
+the machine-readable JSON Schema generated from these Structs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+
+import msgspec
+
+
+class AccessPlan(msgspec.Struct, kw_only=True):
+    """What a correction does to one worker's access, priced by the host's accrual rules."""
+
+    access_id: int
+    opportunity_id: int
+    opportunity: str
+    worker: str
+    currency: str
+    suspended: bool
+    works: int
+    visits: int
+    accrual_now: int
+    projected_accrual: int
+    worker_accrual_change: int
+    worker_accrual_change_usd: Decimal
+    org_accrual_change: int
+    org_accrual_change_usd: Decimal
+    paid_to_date: Decimal
+    overpayment_exposure: Decimal
+
+
+class Exclusion(msgspec.Struct, kw_only=True):
+    reason: str
+    works: int
+    visits: int
+    completed_work_ids: list[int]
+
+
+class CurrencyTotals(msgspec.Struct, kw_only=True):
+    currency: str
+    accesses: int
+    works: int
+    visits: int
+    worker_accrual_change: int
+    org_accrual_change: int
+    paid_to_date: Decimal
+    overpayment_exposure: Decimal
+
+
+class PlanTotals(msgspec.Struct, kw_only=True):
+    accesses: int
+    suspended_accesses: int
+    works: int
+    visits: int
+    excluded_works: int
+    worker_accrual_change_usd: Decimal
+    org_accrual_change_usd: Decimal
+    by_currency: list[CurrencyTotals]
+
+
+class PlanReport(msgspec.Struct, kw_only=True):
+    batch: str | None
+    state: str
+    planner: str
+    reason: str
+    scope: dict
+    plan_digest: str | None
+    accesses: list[AccessPlan]
+    exclusions: list[Exclusion]
+    totals: PlanTotals
+
+
+class Conflict(msgspec.Struct, kw_only=True):
+    entity_kind: str
+    entity_id: int
+    completed_work_id: int | None
+    expected_status: str
+    found_status: str | None
+
+
+class AccessOutcome(msgspec.Struct, kw_only=True):
+    """One access after a projection: accrual before, projected, and what the recompute gave."""
+
+    access_id: int
+    opportunity_id: int
+    accrual_before: int
+    projected_accrual: int | None
+    accrual_after: int | None
+    state: str
+    matches: bool | None = None
+    accrual_before_original: int | None = None
+
+
+class RunReport(msgspec.Struct, kw_only=True):
+    """The outcome of ``apply``, ``undo`` or ``recompute``."""
+
+    batch: str
+    state: str
+    action: str
+    reverts: str | None = None
+    events: int = 0
+    visits: int = 0
+    works: int = 0
+    skipped_conflicts: list[Conflict] = []
+    accesses: list[AccessOutcome] = []
+    recomputed: int = 0
+    pending_recomputes: int = 0
+
+
+class ScanOpportunity(msgspec.Struct, kw_only=True):
+    opportunity_id: int
+    opportunity: str
+    name: str
+    currency: str
+    accesses: int
+    suspended_accesses: int
+    works: int
+    visits: int
+    excluded_works: int
+    accrued_on_over_cap_works: int
+
+
+class ScanReport(msgspec.Struct, kw_only=True):
+    """``plan over-cap --all``: where the rule would apply; creates no batch."""
+
+    batch: None = None
+    state: str = "report"
+    opportunities: list[ScanOpportunity] = []
+
+
+class EventRecord(msgspec.Struct, kw_only=True):
+    """One event as exported and as shown by ``history`` (chain hashes included)."""
+
+    id: int
+    batch_id: str
+    entity_kind: str
+    entity_id: int
+    completed_work_id: int | None
+    opportunity_id: int
+    access_id: int | None
+    xform_id: str | None
+    from_status: str
+    to_status: str
+    reason: str
+    inverts_id: int | None
+    prior_status_modified_date: datetime.datetime | None
+    new_status_modified_date: datetime.datetime | None
+    recorded_at: datetime.datetime
+    prev_hash: str
+    hash: str
+
+
+def to_builtins(value):
+    """Structs to JSON-ready builtins (decimals and datetimes become strings)."""
+    return msgspec.to_builtins(value)
