@@ -85,6 +85,10 @@ else:
         }
     }
 
+# Lets a child process (a test's subprocess, a benchmark step) target a named database.
+if os.environ.get("DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DATABASE_NAME"]
+
 AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -1,0 +1,121 @@
+"""Assertions for test suites that run the ledger: events and state must agree.
+
+Use them from any test on a real PostgreSQL database::
+
+    from ledger import testing
+
+    testing.assert_events_match_state()      # invariants 3 and 4: continuity, no drift
+    testing.assert_batch_reverted(batch_id)  # invariant 5: statuses, dates, accruals restored
+    testing.assert_append_only()             # invariant 1: the database refuses rewrites
+
+With pytest, the ``corrections_ledger`` fixture (registered automatically through the
+``pytest11`` entry point) returns this module.
+
+Transactional tests (``TransactionTestCase``, ``django_db(transaction=True)``) flush the test
+database with TRUNCATE, which the ledger's tables refuse. The ledger ships a ``flush`` command
+that lifts only the TRUNCATE guards, and only for test databases (names starting with
+``test_``, or listed in ``settings.LEDGER_FLUSHABLE_DATABASES``), so those suites work
+unchanged. :func:`allow_flush` does the same for code that truncates by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pgtrigger
+from django.db import DatabaseError, connection, transaction
+
+from commcare_connect.opportunity.models import CompletedWork, UserVisit
+from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
+
+TRUNCATE_GUARDS = (
+    "ledger.CorrectionEvent:ledger_event_no_truncate",
+    "ledger.CorrectionBatch:ledger_batch_no_truncate",
+    "ledger.PlannedChange:ledger_planned_change_no_truncate",
+    "ledger.AccrualRecompute:ledger_recompute_no_truncate",
+)
+APPEND_ONLY_GUARDS = ("ledger_event_append_only", "ledger_event_no_truncate")
+
+
+@contextlib.contextmanager
+def allow_flush(database: str | None = None) -> Iterator[None]:
+    """Lift the ledger's TRUNCATE guards (only those) on this thread, e.g. to flush tests."""
+    with pgtrigger.ignore(*TRUNCATE_GUARDS, databases=[database] if database else None):
+        yield
+
+
+def assert_events_match_state() -> None:
+    """Every entity's events chain, and the last one's status is the entity's status."""
+    from ledger.verify import run_checks
+
+    report = run_checks(["continuity", "drift"])
+    if not report.ok:
+        raise AssertionError(f"ledger events and host state disagree: {report}")
+
+
+def _installed_triggers() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+            [CorrectionEvent._meta.db_table],
+        )
+        return {name for (name,) in cursor.fetchall()}
+
+
+def assert_append_only() -> None:
+    """The database itself refuses UPDATE, DELETE and TRUNCATE on the events table."""
+    installed = _installed_triggers()
+    missing = [g for g in APPEND_ONLY_GUARDS if not any(f"_{g}_" in t for t in installed)]
+    if missing:
+        raise AssertionError(f"append-only triggers not installed: {', '.join(missing)}")
+    table = connection.ops.quote_name(CorrectionEvent._meta.db_table)
+    statements = [f"TRUNCATE {table} CASCADE"]
+    if CorrectionEvent.objects.exists():
+        statements += [f"UPDATE {table} SET reason = reason", f"DELETE FROM {table}"]
+    for sql in statements:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(sql)
+        except DatabaseError:
+            continue
+        raise AssertionError(f"the database accepted {sql!r} on the events table")
+
+
+def assert_batch_reverted(batch_id: str) -> None:
+    """After an undo without conflicts: pre-batch statuses, dates and accruals are back."""
+    batch = CorrectionBatch.objects.get(pk=batch_id)
+    undo = getattr(batch, "reverted_by", None)
+    if undo is None:
+        raise AssertionError(f"batch {batch_id} has not been undone")
+    if undo.skipped_conflicts:
+        raise AssertionError(f"the undo of {batch_id} skipped {len(undo.skipped_conflicts)}")
+    firsts: dict[tuple[str, int], CorrectionEvent] = {}
+    for event in batch.events.order_by("id"):
+        firsts.setdefault((event.entity_kind, event.entity_id), event)
+    models = {EntityKind.visit: UserVisit, EntityKind.completed_work: CompletedWork}
+    problems = []
+    for kind, model in models.items():
+        ids = [pk for (k, pk) in firsts if k == kind]
+        for pk, status, modified in model.objects.filter(pk__in=ids).values_list(
+            "pk", "status", "status_modified_date"
+        ):
+            event = firsts[(kind.value, pk)]
+            if (status, modified) != (event.from_status, event.prior_status_modified_date):
+                problems.append(
+                    f"{kind} {pk}: now {status} @ {modified}, before the batch "
+                    f"{event.from_status} @ {event.prior_status_modified_date}"
+                )
+    before = dict(
+        AccrualRecompute.objects.filter(batch=batch).values_list("access_id", "accrual_before")
+    )
+    for access_id, state, after in AccrualRecompute.objects.filter(batch=undo).values_list(
+        "access_id", "state", "accrual_after"
+    ):
+        if state != "done" or after != before.get(access_id):
+            problems.append(
+                f"access {access_id}: accrual {after} ({state}) after undo, "
+                f"{before.get(access_id)} before the batch"
+            )
+    if problems:
+        raise AssertionError("batch not fully reverted:\n  " + "\n  ".join(problems))
