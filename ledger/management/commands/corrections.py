@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from ledger.cli import audit, operate
 from ledger.cli.output import Output
-from ledger.errors import LedgerError
+from ledger.errors import ConflictError, LedgerError
 
 
 class Command(BaseCommand):
@@ -27,6 +27,15 @@ class Command(BaseCommand):
         out = Output(self.stdout, self.stderr)
         try:
             code = options["handler"](options, out)
+        except ConflictError as error:
+            self.stderr.write(f"corrections: {error}; nothing was written:")
+            for c in error.conflicts:
+                self.stderr.write(
+                    f"  {c.entity_kind} {c.entity_id}: expected {c.expected_status}, "
+                    f"found {c.found_status or 'no such row'}"
+                )
+            self.stderr.write("Re-plan, or pass --skip-conflicts to leave these units alone.")
+            sys.exit(error.exit_code)
         except LedgerError as error:
             self.stderr.write(f"corrections: {error}")
             sys.exit(error.exit_code)

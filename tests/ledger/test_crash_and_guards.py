@@ -1,0 +1,134 @@
+"""A crash between commit and recompute, and the database's own guards."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from commcare_connect.opportunity.models import OpportunityAccess
+from ledger import testing
+from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _someone_waits_for_a_row_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run):
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    first = min(a.pk for a in (incident.accesses["w1"], incident.accesses["w2"]))
+    expected = {
+        a.pk: a.payment_accrued - incident.payment_unit_a.amount
+        for a in OpportunityAccess.objects.filter(
+            pk__in=[incident.accesses["w1"].pk, incident.accesses["w2"].pk]
+        )
+    }
+
+    # Another session holds the first access's row: the projection only reads it and commits,
+    # then the recompute blocks saving payment_accrued, where we kill it as a crash would.
+    holder = connection.get_new_connection(connection.get_connection_params())
+    holder.autocommit = False
+    holder.cursor().execute(
+        "SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR UPDATE", [first]
+    )
+    env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
+    child = subprocess.Popen(
+        [sys.executable, "manage.py", "corrections", "apply", "--batch", batch],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _someone_waits_for_a_row_lock():
+            assert child.poll() is None, "apply finished without blocking"
+            assert time.monotonic() < deadline, "apply never reached the recompute"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+
+    assert CorrectionBatch.objects.get(pk=batch).state == "applied"
+    assert CorrectionEvent.objects.filter(batch_id=batch).count() == 6
+    assert AccrualRecompute.objects.filter(batch_id=batch, state="pending").count() == 2
+
+    resumed = run("recompute", "--pending")
+    assert resumed.code == 0, resumed.err
+    assert AccrualRecompute.objects.filter(state="pending").count() == 0
+    for access in OpportunityAccess.objects.filter(pk__in=expected):
+        assert access.payment_accrued == expected[access.pk]
+    testing.assert_events_match_state()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transactional_tests_can_flush_the_ledger(incident, run):
+    """Django flushes after this test; the flush command lifts only TRUNCATE guards."""
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    assert run("apply", "--batch", batch).code == 0
+    assert CorrectionEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE ledger_correctionevent SET to_status = 'approved'",
+        "DELETE FROM ledger_correctionevent",
+        "TRUNCATE ledger_correctionevent CASCADE",
+        "UPDATE ledger_correctionbatch SET reason = 'rewritten'",
+        "DELETE FROM ledger_correctionbatch",
+        "UPDATE ledger_accrualrecompute SET accrual_before = 0",
+        "DELETE FROM ledger_plannedchange",
+    ],
+)
+def test_raw_sql_cannot_rewrite_history(incident, run, sql):
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    assert run("apply", "--batch", batch).code == 0
+    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
+def test_assert_append_only_helper(incident, corrections_ledger, run):
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    run("apply", "--batch", batch)
+    corrections_ledger.assert_append_only()
+
+
+def test_batch_state_machine_is_enforced_by_the_database(incident, run):
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    with pytest.raises(DatabaseError), transaction.atomic():
+        CorrectionBatch.objects.filter(pk=batch).update(state="undone")
+    assert run("discard", "--batch", batch).code == 0
+    with pytest.raises(DatabaseError), transaction.atomic():
+        CorrectionBatch.objects.filter(pk=batch).update(state="applied")
+    assert run("apply", "--batch", batch).code != 0
+
+
+def test_a_batch_is_reverted_at_most_once_by_constraint(incident, run):
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    run("apply", "--batch", batch)
+    run("undo", "--batch", batch, "--reason", "y")
+    with pytest.raises(DatabaseError), transaction.atomic():
+        CorrectionBatch.objects.create(
+            planner="undo", reason="again", planned_by="x", plan_digest="0", reverts_id=batch
+        )
