@@ -27,8 +27,9 @@ def test_one_over_the_cap_is_found_in_creation_order(db, run, make_capped_access
     from ledger.models import PlannedChange
 
     planned = set(
-        PlannedChange.objects.filter(batch_id=report["batch"], entity_kind="completed_work")
-        .values_list("entity_id", flat=True)
+        PlannedChange.objects.filter(
+            batch_id=report["batch"], entity_kind="completed_work"
+        ).values_list("entity_id", flat=True)
     )
     assert planned == {w.pk for w in works[3:]}
 
