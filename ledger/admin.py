@@ -432,9 +432,9 @@ class CorrectionBatchAdmin(ReadOnlyAdmin):
         events = list(
             CorrectionEvent.objects.filter(batch=obj)
             .order_by("id")
-            .values_list(
-                "id", "entity_kind", "entity_id", "xform_id", "from_status", "to_status"
-            )[:EVENTS_ON_BATCH_PAGE]
+            .values_list("id", "entity_kind", "entity_id", "xform_id", "from_status", "to_status")[
+                :EVENTS_ON_BATCH_PAGE
+            ]
         )
         if not events:
             return "—"

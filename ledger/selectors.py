@@ -301,10 +301,7 @@ def resolve(kind: str, value: str) -> Resolved:
     elif kind == "access":
         pk = _parse_int(value, "access")
         q = Q(access_id=pk)
-        if (
-            not events.filter(q).exists()
-            and not OpportunityAccess.objects.filter(pk=pk).exists()
-        ):
+        if not events.filter(q).exists() and not OpportunityAccess.objects.filter(pk=pk).exists():
             raise NotFound(f"no access {value}: unknown to the ledger and the host")
     elif kind == "opportunity":
         pk = resolve_opportunity(value)

@@ -133,7 +133,9 @@ def check_triggers() -> Result:
             sorted({pgid for _, pgid in expected}),
         ],
     )
-    installed = {(table, name): (description, enabled) for table, name, description, enabled in rows}
+    installed = {
+        (table, name): (description, enabled) for table, name, description, enabled in rows
+    }
     problems = []
     for (table, pgid), (model, trigger) in sorted(expected.items(), key=lambda kv: kv[0]):
         uri = f"{model._meta.label}:{trigger.name}"
@@ -342,8 +344,7 @@ def check_drift() -> Result:
             message = f"{kind} {entity_id}: host row is gone (last event {event_id})"
         else:
             message = (
-                f"{kind} {entity_id}: host status {found!r}, last event {event_id} "
-                f"set {expected!r}"
+                f"{kind} {entity_id}: host status {found!r}, last event {event_id} set {expected!r}"
             )
         problems.append(
             Problem(
@@ -359,8 +360,11 @@ def check_drift() -> Result:
     if rows:
         total, checked = rows[0][6], rows[0][7]
     else:
-        total, checked = 0, _scalar(
-            f"SELECT count(*) FROM (SELECT DISTINCT entity_kind, entity_id FROM {t['event']}) s"
+        total, checked = (
+            0,
+            _scalar(
+                f"SELECT count(*) FROM (SELECT DISTINCT entity_kind, entity_id FROM {t['event']}) s"
+            ),
         )
     return checked, total, problems, ""
 

@@ -1,0 +1,177 @@
+"""Fixtures for the auditor tests: the incident after apply/undo, a command runner, and a way
+to write chained events straight into the ledger (inserts are allowed; only UPDATE, DELETE and
+TRUNCATE are refused)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from commcare_connect.demo.incident import IncidentData, build_incident
+from ledger import chain, services
+from ledger.models import BatchState, CorrectionBatch, CorrectionEvent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+
+def corrections(*args: str) -> Result:
+    """Run ``./manage.py corrections …`` in-process; capture output and exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("corrections", *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def run():
+    return corrections
+
+
+@dataclass
+class Story:
+    """The incident after: plan (alice) → apply (bob) → undo (carol) of opportunity A."""
+
+    incident: IncidentData
+    batch: str
+    undo: str | None
+    before_apply: datetime.datetime
+    after_apply: datetime.datetime
+    after_undo: datetime.datetime | None
+
+
+def _now() -> datetime.datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def _apply(incident: IncidentData) -> tuple[str, datetime.datetime, datetime.datetime]:
+    plan = services.plan_over_cap(
+        [str(incident.opportunity_a.opportunity_id)],
+        reason="CI-639 over-cap approvals",
+        operator="alice",
+        ticket="CI-639",
+    )
+    before = _now()
+    services.apply_batch(plan.batch, operator="bob")
+    return plan.batch, before, _now()
+
+
+@pytest.fixture
+def applied(db) -> Story:
+    incident = build_incident()
+    batch, before, after = _apply(incident)
+    return Story(incident, batch, None, before, after, None)
+
+
+@pytest.fixture
+def undone(db) -> Story:
+    incident = build_incident()
+    batch, before, after = _apply(incident)
+    run = services.undo_batch(batch, reason="PM approved these visits", operator="carol")
+    return Story(incident, batch, run.batch, before, after, _now())
+
+
+# --------------------------------------------------------------------------------------------
+# Writing chained events directly
+# --------------------------------------------------------------------------------------------
+
+
+def last_hash() -> str:
+    row = CorrectionEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+    return row or chain.GENESIS
+
+
+def make_batch(state: str = BatchState.applied, **fields) -> CorrectionBatch:
+    fields.setdefault("planner", "visit_list")
+    fields.setdefault("reason", "synthetic")
+    fields.setdefault("planned_by", "tester")
+    fields.setdefault("plan_digest", "0" * 64)
+    batch = CorrectionBatch.objects.create(**fields)
+    if state != BatchState.planned:
+        batch.state = state
+        if state == BatchState.applied:
+            batch.applied_by = "tester"
+        batch.save(update_fields=["state", "applied_by"])
+    return batch
+
+
+def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000) -> int:
+    """Insert events chained after the current head, with ``recorded_at`` defaulting to now.
+
+    Each row needs entity_kind, entity_id, opportunity_id, from_status, to_status; the rest
+    defaults. Uses one multi-row INSERT per ``page`` rows, so 20k events take a moment.
+    """
+    columns = ("id", *chain.CONTENT_FIELDS, "prev_hash", "hash")
+    prev = last_hash()
+    now = datetime.datetime.now(datetime.UTC)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT nextval(pg_get_serial_sequence('{CorrectionEvent._meta.db_table}', 'id'))"
+        )
+        next_id = cursor.fetchone()[0]
+    buffer: list[tuple] = []
+    count = 0
+
+    def flush():
+        if not buffer:
+            return
+        placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(buffer))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {CorrectionEvent._meta.db_table} ({', '.join(columns)}) "
+                f"VALUES {placeholders}",
+                [value for row in buffer for value in row],
+            )
+        buffer.clear()
+
+    for row in rows:
+        event = {
+            "batch_id": str(batch.pk),
+            "completed_work_id": None,
+            "access_id": None,
+            "xform_id": None,
+            "reason": batch.reason,
+            "inverts_id": None,
+            "prior_status_modified_date": None,
+            "new_status_modified_date": None,
+            "recorded_at": now,
+            **row,
+        }
+        event["prev_hash"] = prev
+        event["hash"] = prev = chain.event_hash(prev, event)
+        buffer.append((next_id + count, *(event[c] for c in columns[1:])))
+        count += 1
+        if len(buffer) >= page:
+            flush()
+    flush()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
+            [CorrectionEvent._meta.db_table, next_id + max(count, 1) - 1],
+        )
+    return count
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
