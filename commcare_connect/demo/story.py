@@ -42,4 +42,89 @@ def show_over_cap(data: IncidentData, stdout: TextIO) -> dict[int, dict[str, int
 def run(stdout: TextIO) -> IncidentData:
     data = seed(stdout)
     show_over_cap(data, stdout)
+    correct(data, stdout)
     return data
+
+
+def _corrections(stdout: TextIO, *args: str) -> str:
+    """Run one ``corrections`` subcommand as an operator would, echoing it and its output."""
+    import io
+    import shlex
+
+    from django.core.management import call_command
+
+    stdout.write(f"\n$ ./manage.py corrections {shlex.join(args)}\n")
+    out = io.StringIO()
+    try:
+        call_command("corrections", *args, stdout=out, stderr=out)
+    except SystemExit as exit_:
+        if exit_.code:
+            stdout.write(out.getvalue())
+            raise RuntimeError(f"corrections {args[0]} exited with {exit_.code}") from None
+    stdout.write(out.getvalue())
+    return out.getvalue()
+
+
+def _accruals(data: IncidentData) -> dict[int, int]:
+    from commcare_connect.opportunity.models import OpportunityAccess
+
+    ids = [a.pk for a in data.accesses.values()]
+    return dict(OpportunityAccess.objects.filter(pk__in=ids).values_list("pk", "payment_accrued"))
+
+
+def correct(data: IncidentData, stdout: TextIO) -> None:
+    """Plan → apply → history → verify → undo → verify, the way an operator runs them."""
+    import re
+
+    from commcare_connect.opportunity.models import UserVisit
+
+    opportunities = [str(u) for u in data.opportunity_uuids]
+    scope = [x for u in opportunities for x in ("--opportunity", u)]
+    before = _accruals(data)
+
+    _heading(stdout, "3. Plan the correction: what flips, what it costs, what is left alone")
+    plan = _corrections(
+        stdout, "plan", "over-cap", *scope, "--reason", "Over-cap incident: visits past the cap "
+        "were auto-approved while the duplicate flag was off", "--ticket", "CI-639",
+        "--operator", "operator-amina",
+    )  # fmt: skip
+    batch = re.search(r"Planned batch ([0-9a-f-]{36})", plan).group(1)
+
+    _heading(stdout, "4. Apply it: events and status flips in one transaction, then recompute")
+    _corrections(stdout, "apply", "--batch", batch, "--operator", "operator-bakari")
+    after_apply = _accruals(data)
+
+    _heading(stdout, "5. History of one corrected visit")
+    visit = (
+        UserVisit.objects.filter(completed_work_id=data.over_cap_work_ids["w1"])
+        .exclude(status="trial")
+        .order_by("id")
+        .first()
+    )
+    _corrections(stdout, "history", "--visit", str(visit.pk))
+
+    _heading(stdout, "6. Verify the ledger against the live data")
+    _corrections(stdout, "verify")
+
+    _heading(stdout, "7. Undo the batch (a rehearsal of the way back)")
+    _corrections(
+        stdout, "undo", "--batch", batch, "--reason", "Demo: rehearse the rollback",
+        "--operator", "operator-amina",
+    )  # fmt: skip
+    _corrections(stdout, "history", "--visit", str(visit.pk))
+    _corrections(stdout, "verify")
+
+    _heading(stdout, "8. Accruals: before, after apply, after undo")
+    after_undo = _accruals(data)
+    stdout.write(f"{'worker':<8}{'access':>8}{'before':>10}{'applied':>10}{'undone':>10}\n")
+    for key, access in sorted(data.accesses.items()):
+        pk = access.pk
+        stdout.write(
+            f"{key:<8}{pk:>8}{before[pk]:>10}{after_apply[pk]:>10}{after_undo[pk]:>10}\n"
+        )
+    restored = after_undo == before
+    stdout.write(
+        "Every accrual is back where it was.\n" if restored else "ACCRUALS DIFFER AFTER UNDO\n"
+    )
+    if not restored:
+        raise RuntimeError("undo did not restore the accruals")
