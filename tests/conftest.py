@@ -1,0 +1,233 @@
+"""Shared fixtures: a small factory for host rows, and a second raw database connection.
+
+The factory writes rows the way the host would hold them (an opportunity with its verification
+flags, payment units with their deliver units, accesses with a claim and claim limits), so a
+test states only what it is about: how many forms, which are optional, the cap, the visits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test.utils import override_settings
+
+from commcare_connect.form_receiver.processor import process_deliver_unit
+from commcare_connect.opportunity.models import (
+    CompletedWork,
+    CompletedWorkStatus,
+    DeliverUnit,
+    Opportunity,
+    OpportunityAccess,
+    OpportunityClaim,
+    OpportunityClaimLimit,
+    OpportunityVerificationFlags,
+    PaymentUnit,
+    UserVisit,
+    VisitReviewStatus,
+    VisitValidationStatus,
+)
+from commcare_connect.organization.models import Organization
+from commcare_connect.users.models import User
+
+T0 = datetime.datetime(2026, 3, 2, 9, 0, tzinfo=datetime.UTC)
+
+
+@dataclass(eq=False)  # hashable by identity, so it can key a dict of caps
+class Unit:
+    """A payment unit and its deliver units, required ones first."""
+
+    payment_unit: PaymentUnit
+    required: list[DeliverUnit] = field(default_factory=list)
+    optional: list[DeliverUnit] = field(default_factory=list)
+
+    @property
+    def pk(self) -> int:
+        return self.payment_unit.pk
+
+    @property
+    def forms(self) -> list[DeliverUnit]:
+        return self.required + self.optional
+
+
+class HostFactory:
+    """Builds host rows with unique names; every method returns saved model instances."""
+
+    def __init__(self) -> None:
+        self._n = itertools.count(1)
+        self._token = uuid.uuid4().hex[:6]
+
+    def _next(self) -> str:
+        return f"{self._token}-{next(self._n)}"
+
+    def organization(self) -> Organization:
+        n = self._next()
+        return Organization.objects.create(name=f"Org {n}", slug=f"org-{n}")
+
+    def opportunity(
+        self, *, currency: str = "USD", duplicate_flag: bool = False, **fields
+    ) -> Opportunity:
+        fields.setdefault("organization", self.organization())
+        fields.setdefault("name", f"Opportunity {self._next()}")
+        fields.setdefault("is_test", False)
+        opp = Opportunity.objects.create(currency=currency, **fields)
+        OpportunityVerificationFlags.objects.create(opportunity=opp, duplicate=duplicate_flag)
+        return opp
+
+    def unit(
+        self,
+        opportunity: Opportunity,
+        *,
+        amount: int = 100,
+        org_amount: int = 20,
+        required: int = 1,
+        optional: int = 0,
+        parent: Unit | None = None,
+        **fields,
+    ) -> Unit:
+        pu = PaymentUnit.objects.create(
+            opportunity=opportunity,
+            name=fields.pop("name", f"Unit {self._next()}"),
+            amount=amount,
+            org_amount=org_amount,
+            parent_payment_unit=parent.payment_unit if parent else None,
+            **fields,
+        )
+        unit = Unit(pu)
+        for i in range(required + optional):
+            du = DeliverUnit.objects.create(
+                payment_unit=pu,
+                slug=f"form-{self._next()}",
+                name=f"Form {i + 1}",
+                optional=i >= required,
+            )
+            (unit.optional if du.optional else unit.required).append(du)
+        return unit
+
+    def access(
+        self,
+        opportunity: Opportunity,
+        *,
+        caps: dict[Unit, int] | None = None,
+        suspended: bool = False,
+        user: User | None = None,
+    ) -> OpportunityAccess:
+        """A worker's access; ``caps`` maps units to ``max_visits`` of its claim limits."""
+        user = user or User.objects.create(username=f"worker-{self._next()}")
+        access = OpportunityAccess.objects.create(
+            user=user, opportunity=opportunity, accepted=True, suspended=suspended
+        )
+        if caps:
+            claim = OpportunityClaim.objects.create(opportunity_access=access)
+            for unit, cap in caps.items():
+                OpportunityClaimLimit.objects.create(
+                    opportunity_claim=claim, payment_unit=unit.payment_unit, max_visits=cap
+                )
+        return access
+
+    def work(
+        self,
+        access: OpportunityAccess,
+        unit: Unit,
+        *,
+        entity_id: str | None = None,
+        status: str = CompletedWorkStatus.incomplete,
+        visits: Iterable[DeliverUnit] = (),
+        visit_status: str = VisitValidationStatus.approved,
+        review_status: str = VisitReviewStatus.agree,
+        **fields,
+    ) -> CompletedWork:
+        """A completed work with one visit per form in ``visits`` (all of the same status)."""
+        work = CompletedWork.objects.create(
+            opportunity_access=access,
+            payment_unit=unit.payment_unit,
+            entity_id=entity_id or f"entity-{self._next()}",
+            status=status,
+            **fields,
+        )
+        for du in visits:
+            self.visit(work, du, status=visit_status, review_status=review_status)
+        return work
+
+    def visit(
+        self,
+        work: CompletedWork,
+        deliver_unit: DeliverUnit,
+        *,
+        status: str = VisitValidationStatus.approved,
+        review_status: str = VisitReviewStatus.agree,
+        **fields,
+    ) -> UserVisit:
+        access = work.opportunity_access
+        fields.setdefault("visit_date", T0)
+        fields.setdefault("status_modified_date", T0)
+        return UserVisit.objects.create(
+            opportunity_id=access.opportunity_id,
+            user_id=access.user_id,
+            opportunity_access=access,
+            deliver_unit=deliver_unit,
+            entity_id=work.entity_id,
+            xform_id=str(uuid.uuid4()),
+            status=status,
+            review_status=review_status,
+            completed_work=work,
+            **fields,
+        )
+
+    def approved_work(self, access: OpportunityAccess, unit: Unit, **fields) -> CompletedWork:
+        """A work with an approved, agreed visit for every required and the first optional form."""
+        return self.work(access, unit, visits=unit.required + unit.optional[:1], **fields)
+
+    def submit(
+        self,
+        access: OpportunityAccess,
+        unit: Unit,
+        entity_id: str,
+        *,
+        bug: bool = False,
+        at: datetime.datetime = T0,
+    ) -> list[UserVisit]:
+        """Submit every form of ``unit`` for one entity through the host's processor."""
+        with override_settings(CCC_REPRODUCE_DUPLICATE_FLAG_BUG=bug):
+            return [
+                process_deliver_unit(
+                    access,
+                    du,
+                    xform_id=str(uuid.uuid4()),
+                    entity_id=entity_id,
+                    visit_date=at,
+                    received_at=at,
+                )
+                for du in unit.forms
+            ]
+
+
+@pytest.fixture
+def host(db) -> HostFactory:
+    """Factory for host rows (opportunities, units, accesses, works, visits)."""
+    return HostFactory()
+
+
+@pytest.fixture
+def raw_connection(db) -> Iterator[psycopg.Connection]:
+    """A second, independent connection to the test database (autocommit), closed afterwards.
+
+    Rows created by the test are invisible to it (the test runs in a transaction), but
+    session-level things such as advisory locks are shared server-wide.
+    """
+    connection.ensure_connection()
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    conn = psycopg.connect(**params, autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
