@@ -119,9 +119,7 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
     stdout.write(f"{'worker':<8}{'access':>8}{'before':>10}{'applied':>10}{'undone':>10}\n")
     for key, access in sorted(data.accesses.items()):
         pk = access.pk
-        stdout.write(
-            f"{key:<8}{pk:>8}{before[pk]:>10}{after_apply[pk]:>10}{after_undo[pk]:>10}\n"
-        )
+        stdout.write(f"{key:<8}{pk:>8}{before[pk]:>10}{after_apply[pk]:>10}{after_undo[pk]:>10}\n")
     restored = after_undo == before
     stdout.write(
         "Every accrual is back where it was.\n" if restored else "ACCRUALS DIFFER AFTER UNDO\n"
