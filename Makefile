@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_VISITS ?= 1000000
 
-.PHONY: demo test lint format bench bench-small clean-db venv
+.PHONY: demo test test-psycopg2 lint format bench bench-small clean-db venv
 
 venv: $(STAMP)
 
@@ -40,3 +40,22 @@ bench-small: $(STAMP)
 
 clean-db:
 	rm -rf .pgdata
+
+# The host runs psycopg2: run the ledger's tests in a second environment that has psycopg2
+# instead of psycopg 3 (same pins otherwise, read from pyproject.toml).
+VENV2 := .venv-psycopg2
+PSYCOPG2 := psycopg2-binary==2.9.13
+
+$(VENV2)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(VENV2)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
+	if not d.startswith('psycopg')))" > $(VENV2)/requirements.txt
+	$(VENV2)/bin/python -m pip install --quiet -r $(VENV2)/requirements.txt "$(PSYCOPG2)"
+	$(VENV2)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-psycopg2: $(VENV2)/.installed
+	$(VENV2)/bin/python -c "import importlib.util as u; assert not u.find_spec('psycopg'), 'psycopg 3 present'"
+	$(VENV2)/bin/python -m pytest tests/ledger tests/audit $(PYTEST_ARGS)

@@ -81,6 +81,9 @@ def add_parsers(subparsers) -> None:
     recompute.add_argument("--json", action="store_true")
     recompute.set_defaults(handler=handle_recompute)
 
+    schema = subparsers.add_parser("schema", help="Print the JSON Schema of --json output.")
+    schema.set_defaults(handler=handle_schema)
+
 
 def _common(parser) -> None:
     parser.add_argument("--operator", help="Who is acting (default: the OS user).")
@@ -173,6 +176,14 @@ def handle_recompute(options: dict, out: Output) -> int:
             f"Recomputed {report.recomputed} accesses; {report.pending_recomputes} still pending."
         )
     return 0 if report.pending_recomputes == 0 else 1
+
+
+def handle_schema(options: dict, out: Output) -> int:
+    import msgspec
+
+    _, components = msgspec.json.schema_components([PlanReport, ScanReport, RunReport])
+    out.json({"$defs": components})
+    return 0
 
 
 def print_plan(report: PlanReport, options: dict, out: Output) -> None:
