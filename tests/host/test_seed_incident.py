@@ -139,8 +139,16 @@ def test_command_prints_the_summary_and_uuids(db):
     assert text.count("over_cap=1") == 4
 
 
-def test_incident_demo_prints_the_over_cap_situation(db):
+def test_demo_over_cap_step_reports_per_opportunity(incident):
+    from commcare_connect.demo.story import show_over_cap
+
     out = io.StringIO()
-    call_command("incident_demo", stdout=out)
-    text = out.getvalue()
-    assert "2 works over the cap across 2 accesses" in text
+    totals = show_over_cap(incident, out)
+    assert "2 works over the cap across 2 accesses" in out.getvalue()
+    assert totals[incident.opportunity_a.pk] == {
+        "works": 2,
+        "accesses": 2,
+        "accrued": 1000,
+        "org_accrued": 200,
+    }
+    assert totals[incident.opportunity_b.pk]["accrued"] == 2 * 6500
