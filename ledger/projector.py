@@ -31,11 +31,10 @@ from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess
 from ledger import chain
 from ledger.errors import ConflictError
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
-from ledger.planners.rows import table
 from ledger.schema import Conflict
+from ledger.sql import CHUNK, insert_rows, table
 
 LEDGER_LOCK = (0x4C454447, 1)  # "LEDG": serialises every ledger write
-CHUNK = 10_000
 
 
 class Flip(NamedTuple):
@@ -104,22 +103,20 @@ def _find_conflicts(flips: Sequence[Flip], current: dict) -> list[Conflict]:
     return conflicts
 
 
-def _update(model, flips: list[Flip], stamps: list[datetime.datetime | None]) -> None:
+def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> None:
+    """Set status and status_modified_date of (id, status, stamp) rows in one statement."""
+    if not rows:
+        return
+    ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
     with connection.cursor() as cursor:
-        for start in range(0, len(flips), CHUNK):
-            part = flips[start : start + CHUNK]
-            cursor.execute(
-                f"""UPDATE {table(model)} t
-                    SET status = u.status, status_modified_date = u.modified
-                    FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])
-                         AS u(id, status, modified)
-                    WHERE t.id = u.id""",
-                [
-                    [f.entity_id for f in part],
-                    [f.to_status for f in part],
-                    stamps[start : start + CHUNK],
-                ],
-            )
+        cursor.execute(
+            f"""UPDATE {table(model)} t
+                SET status = u.status, status_modified_date = u.modified
+                FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])
+                     AS u(id, status, modified)
+                WHERE t.id = u.id""",
+            [ids, statuses, stamps],
+        )
 
 
 _EVENT_COLUMNS = (
@@ -131,20 +128,6 @@ _EVENT_TYPES = (
     "uuid", "text", "bigint", "bigint", "bigint", "bigint", "text", "text", "text", "text",
     "bigint", "timestamptz", "timestamptz", "timestamptz", "text", "text",
 )  # fmt: skip
-
-
-def _insert_events(rows: list[dict]) -> None:
-    """Insert events in list order, so ids (and the chain) follow the order of ``rows``."""
-    columns = ", ".join(_EVENT_COLUMNS)
-    arrays = ", ".join(f"%s::{t}[]" for t in _EVENT_TYPES)
-    names = ", ".join(f"c{i}" for i in range(len(_EVENT_COLUMNS)))
-    sql = f"""INSERT INTO {table(CorrectionEvent)} ({columns})
-              SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord)
-              ORDER BY ord"""
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), CHUNK):
-            part = rows[start : start + CHUNK]
-            cursor.execute(sql, [[row[c] for row in part] for c in _EVENT_COLUMNS])
 
 
 def _last_hash() -> str:
@@ -222,46 +205,46 @@ def project(
         result.skipped = conflicts
         flips = [f for f in flips if _unit(f) not in bad_units]
 
+    # Flip and record a chunk at a time: memory stays bounded by the chunk, not the batch.
     now = datetime.datetime.now(datetime.UTC)
     prev = _last_hash()
-    events: list[dict] = []
-    by_kind: dict[str, tuple[list[Flip], list]] = {
-        EntityKind.visit.value: ([], []),
-        EntityKind.completed_work.value: ([], []),
-    }
-    for f in flips:
-        prior = current[(f.entity_kind, f.entity_id)][1]
-        stamp = f.restore_status_modified_date if f.inverts_id is not None else now
-        by_kind[f.entity_kind][0].append(f)
-        by_kind[f.entity_kind][1].append(stamp)
-        event = {
-            "batch_id": str(batch.pk),
-            "entity_kind": f.entity_kind,
-            "entity_id": f.entity_id,
-            "completed_work_id": f.completed_work_id,
-            "opportunity_id": f.opportunity_id,
-            "access_id": f.access_id,
-            "xform_id": f.xform_id,
-            "from_status": f.from_status,
-            "to_status": f.to_status,
-            "reason": reason,
-            "inverts_id": f.inverts_id,
-            "prior_status_modified_date": prior,
-            "new_status_modified_date": stamp,
-            "recorded_at": now,
-        }
-        event["prev_hash"] = prev
-        event["hash"] = prev = chain.event_hash(prev, event)
-        events.append(event)
-
-    _update(UserVisit, *by_kind[EntityKind.visit.value])
-    _update(CompletedWork, *by_kind[EntityKind.completed_work.value])
-    _insert_events(events)
+    visit_kind = EntityKind.visit.value
+    for start in range(0, len(flips), CHUNK):
+        part = flips[start : start + CHUNK]
+        stamps = [f.restore_status_modified_date if f.inverts_id is not None else now for f in part]
+        flipped = [
+            (f.entity_kind, (f.entity_id, f.to_status, s))
+            for f, s in zip(part, stamps, strict=True)
+        ]
+        _update(UserVisit, [row for kind, row in flipped if kind == visit_kind])
+        _update(CompletedWork, [row for kind, row in flipped if kind != visit_kind])
+        events = []
+        for f, stamp in zip(part, stamps, strict=True):
+            event = {
+                "batch_id": str(batch.pk),
+                "entity_kind": f.entity_kind,
+                "entity_id": f.entity_id,
+                "completed_work_id": f.completed_work_id,
+                "opportunity_id": f.opportunity_id,
+                "access_id": f.access_id,
+                "xform_id": f.xform_id,
+                "from_status": f.from_status,
+                "to_status": f.to_status,
+                "reason": reason,
+                "inverts_id": f.inverts_id,
+                "prior_status_modified_date": current[(f.entity_kind, f.entity_id)][1],
+                "new_status_modified_date": stamp,
+                "recorded_at": now,
+                "prev_hash": prev,
+            }
+            event["hash"] = prev = chain.event_hash(prev, event)
+            events.append(tuple(event[c] for c in _EVENT_COLUMNS))
+        insert_rows(CorrectionEvent, _EVENT_COLUMNS, _EVENT_TYPES, events)
+        result.events += len(part)
+        result.visits += sum(1 for kind, _ in flipped if kind == visit_kind)
+    result.works = result.events - result.visits
     touched = sorted({f.access_id for f in flips if f.access_id is not None})
     _write_recomputes(batch, touched, projected_accruals or {})
 
-    result.events = len(events)
-    result.visits = len(by_kind[EntityKind.visit.value][0])
-    result.works = len(by_kind[EntityKind.completed_work.value][0])
     result.access_ids = touched
     return result

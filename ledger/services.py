@@ -32,8 +32,13 @@ from ledger.pricing import AccessPrice, price
 from ledger.projector import Flip, project
 from ledger.reports import plan_report, scan_report
 from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_builtins
+from ledger.sql import insert_rows
 
 Progress = Callable[[str], None]
+PLANNED_CHANGE_TYPES = (
+    "uuid", "text", "bigint", "bigint", "bigint", "bigint", "text", "text", "text", "text",
+    "boolean",
+)  # fmt: skip
 DEADLOCK_RETRIES = 3
 
 
@@ -120,8 +125,11 @@ def _store_plan(
             scope=scope,
             summary={"plan": to_builtins(report)},
         )
-        PlannedChange.objects.bulk_create(
-            (PlannedChange(batch=batch, **row._asdict()) for row in rows), batch_size=5000
+        insert_rows(
+            PlannedChange,
+            ("batch_id", *PlannedRow._fields),
+            PLANNED_CHANGE_TYPES,
+            ((batch.pk, *row) for row in rows),
         )
     return report
 
@@ -244,33 +252,20 @@ def apply_batch(
                 )
             if batch.planner == Planner.undo:
                 raise WrongState(f"batch {batch.pk} is an undo batch")
-            changes = list(batch.changes.filter(excluded="").order_by("entity_kind", "entity_id"))
             rows = [
-                PlannedRow(
-                    c.entity_kind,
-                    c.entity_id,
-                    c.completed_work_id,
-                    c.opportunity_id,
-                    c.access_id,
-                    c.xform_id,
-                    c.from_status,
-                    c.to_status,
-                    c.excluded,
-                    c.suspended,
-                )
-                for c in batch.changes.order_by("entity_kind", "entity_id")
+                PlannedRow(*values)
+                for values in batch.changes.order_by("entity_kind", "entity_id")
+                .values_list(*PlannedRow._fields)
+                .iterator(chunk_size=10_000)
             ]
-            if plan_digest(rows) != batch.plan_digest:
+            if plan_digest(rows, presorted=True) != batch.plan_digest:
                 raise LedgerError(f"batch {batch.pk}: planned changes do not match the plan digest")
             projected = {
                 a["access_id"]: a["projected_accrual"]
                 for a in batch.summary.get("plan", {}).get("accesses", [])
             }
-            flips = [
-                Flip(c.entity_kind, c.entity_id, c.completed_work_id, c.opportunity_id,
-                     c.access_id, c.xform_id, c.from_status, c.to_status)
-                for c in changes
-            ]  # fmt: skip
+            flips = [Flip(*r[:8]) for r in rows if not r.excluded]
+            del rows
             result = project(
                 batch,
                 flips,

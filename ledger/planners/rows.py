@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 from django.db import connection
 
+from ledger.sql import table
+
 
 class PlannedRow(NamedTuple):
     entity_kind: str  # "visit" | "completed_work"
@@ -22,10 +24,15 @@ class PlannedRow(NamedTuple):
     suspended: bool
 
 
-def plan_digest(rows: Iterable[PlannedRow]) -> str:
-    """A digest over what would be flipped, so apply can tell the plan was not altered."""
+def plan_digest(rows: Iterable[PlannedRow], presorted: bool = False) -> str:
+    """A digest over what would be flipped, so apply can tell the plan was not altered.
+
+    Rows are taken in (entity_kind, entity_id) order; pass ``presorted`` when they already are.
+    """
     digest = hashlib.sha256()
-    for row in sorted(rows, key=lambda r: (r.entity_kind, r.entity_id)):
+    if not presorted:
+        rows = sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
+    for row in rows:
         digest.update(
             f"{row.entity_kind}:{row.entity_id}:{row.from_status}:{row.to_status}:"
             f"{row.excluded}\n".encode()
@@ -39,5 +46,4 @@ def fetch(sql: str, params: dict | list) -> list[tuple]:
         return cursor.fetchall()
 
 
-def table(model) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
+__all__ = ["PlannedRow", "fetch", "plan_digest", "table"]
