@@ -122,18 +122,14 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
     Each row needs entity_kind, entity_id, opportunity_id, from_status, to_status; the rest
     defaults. Uses one multi-row INSERT per ``page`` rows, so 20k events take a moment.
     """
-    columns = ("id", *chain.CONTENT_FIELDS, "prev_hash", "hash")
+    columns = (*chain.CONTENT_FIELDS, "prev_hash", "hash")
     prev = last_hash()
     now = datetime.datetime.now(datetime.UTC)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT nextval(pg_get_serial_sequence('{CorrectionEvent._meta.db_table}', 'id'))"
-        )
-        next_id = cursor.fetchone()[0]
     buffer: list[tuple] = []
     count = 0
 
     def flush():
+        # Ids come from the sequence in VALUES order, so the chain follows insertion order.
         if not buffer:
             return
         placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(buffer))
@@ -160,16 +156,11 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
         }
         event["prev_hash"] = prev
         event["hash"] = prev = chain.event_hash(prev, event)
-        buffer.append((next_id + count, *(event[c] for c in columns[1:])))
+        buffer.append(tuple(event[c] for c in columns))
         count += 1
         if len(buffer) >= page:
             flush()
     flush()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
-            [CorrectionEvent._meta.db_table, next_id + max(count, 1) - 1],
-        )
     return count
 
 

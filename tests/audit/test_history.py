@@ -154,10 +154,12 @@ def test_history_of_an_uncorrected_visit_is_empty(applied, run):
         (["export", "--since", "yesterday"], "--since: 'yesterday' is not an ISO-8601 time"),
     ],
 )
-def test_bad_input_is_one_line_on_stderr(applied, run, args, message):
+def test_bad_input_is_one_line_on_stderr(db, run, args, message):
+    before = (CorrectionBatch.objects.count(), CorrectionEvent.objects.count())
     result = run(*args)
     assert result.code != 0
     assert result.out == ""
+    assert (CorrectionBatch.objects.count(), CorrectionEvent.objects.count()) == before
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.err
 
