@@ -28,7 +28,20 @@ def accrual_lock_key(access_id: int) -> tuple[int, int]:
 
 @contextmanager
 def payment_accrued_lock(access_id: int):
+    """Serialise recomputes of one access.
+
+    Inside a transaction the lock is transaction-scoped: the commit or rollback releases it, so
+    a recompute that fails cannot leave it held (a session lock would outlive the rollback, and
+    its unlock cannot even run in the aborted transaction), and no other recompute can read the
+    access's rows before this one's writes are committed. In autocommit mode it is a session
+    lock, released on exit.
+    """
     key = accrual_lock_key(access_id)
+    if connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+        yield
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s, %s)", key)
     try:
@@ -62,8 +75,12 @@ def update_payment_accrued(
     opportunity: Opportunity, users: Iterable, incremental: bool = False
 ) -> None:
     """Recompute the accesses of ``users`` on ``opportunity`` that are not suspended."""
-    accesses = OpportunityAccess.objects.filter(
-        opportunity=opportunity, user__in=users, suspended=False
-    ).select_related("opportunity")
+    # In id order: inside a transaction each access's lock is held until the end, and a fixed
+    # order keeps two such transactions from deadlocking on each other.
+    accesses = (
+        OpportunityAccess.objects.filter(opportunity=opportunity, user__in=users, suspended=False)
+        .select_related("opportunity")
+        .order_by("id")
+    )
     for access in accesses:
         update_payment_accrued_for_user(access, incremental=incremental)
