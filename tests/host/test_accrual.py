@@ -269,3 +269,35 @@ def test_queries_per_access_do_not_grow_with_its_works(host, django_assert_max_n
     with django_assert_max_num_queries(one):
         access = OpportunityAccess.objects.select_related("opportunity").order_by("-id").first()
         update_payment_accrued_for_user(access)  # nothing changed: no bulk_update
+
+
+def test_child_unit_with_optional_forms_counted_once_alongside_its_parent(host):
+    opp = host.opportunity()
+    parent = host.unit(opp, amount=400)
+    child = host.unit(opp, amount=100, required=1, optional=1, parent=parent)
+    access = host.access(opp)
+    host.approved_work(access, parent, entity_id="household-1")
+    (required,) = child.required
+    (optional,) = child.optional
+    # Two required visits but one optional: the optional total caps the count at one.
+    child_work = host.work(
+        access, child, entity_id="household-1", visits=[required, required, optional]
+    )
+
+    assert recompute(access).payment_accrued == 400 + 100
+    child_work.refresh_from_db()
+    assert (child_work.saved_completed_count, child_work.saved_payment_accrued) == (1, 100)
+
+
+def test_incremental_parent_work_sees_an_already_accrued_child_work(host):
+    opp = host.opportunity()
+    parent = host.unit(opp, amount=400)
+    child = host.unit(opp, amount=100, required=1, optional=1, parent=parent)
+    access = host.access(opp)
+    host.approved_work(access, child, entity_id="household-1")
+    assert recompute(access).payment_accrued == 100
+
+    parent_work = host.approved_work(access, parent, entity_id="household-1")
+    assert recompute(access, incremental=True).payment_accrued == 500
+    parent_work.refresh_from_db()
+    assert parent_work.saved_payment_accrued == 400

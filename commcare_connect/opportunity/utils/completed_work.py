@@ -174,9 +174,12 @@ def update_status(
             entity_id__in=entity_ids,
         ).values_list("id", "payment_unit_id", "entity_id"):
             child_works[(child_unit_of[pu_id], entity_id)].append((cw_id, pu_id))
-        if child_works:
+        # Child units whose own works are in this batch already have their deliver units;
+        # loading them again would count each optional form twice.
+        unloaded = [pu_id for pu_id in child_unit_of if pu_id not in unit_ids]
+        if child_works and unloaded:
             for _du_id, pu_id, is_optional in DeliverUnit.objects.filter(
-                payment_unit_id__in=list(child_unit_of)
+                payment_unit_id__in=unloaded
             ).values_list("id", "payment_unit_id", "optional"):
                 (optional if is_optional else required)[pu_id].append(_du_id)
 
