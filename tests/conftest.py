@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import override_settings
@@ -214,19 +213,35 @@ def host(db) -> HostFactory:
     return HostFactory()
 
 
+class RawConnection:
+    """A second session on the test database, whichever driver Django uses (psycopg 3 or 2)."""
+
+    def __init__(self) -> None:
+        connection.ensure_connection()
+        self._conn = connection.get_new_connection(connection.get_connection_params())
+        self._conn.autocommit = True
+
+    def execute(self, sql: str, params=None) -> list[tuple]:
+        """Run one statement in autocommit mode; return its rows (empty when none)."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 @pytest.fixture
-def raw_connection(db) -> Iterator[psycopg.Connection]:
-    """A second, independent connection to the test database (autocommit), closed afterwards.
+def raw_connection(db) -> Iterator[RawConnection]:
+    """A second, independent session on the test database (autocommit), closed afterwards.
 
     Rows created by the test are invisible to it (the test runs in a transaction), but
     session-level things such as advisory locks are shared server-wide.
     """
-    connection.ensure_connection()
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("prepare_threshold", None)
-    conn = psycopg.connect(**params, autocommit=True)
+    conn = RawConnection()
     try:
         yield conn
     finally:

@@ -518,9 +518,10 @@ def _prefetch(chunks: Iterator[_Chunk], depth: int = 2) -> Iterator[_Chunk]:
 
 
 def _raw_cursor(cursor):
+    """The driver's own cursor under Django's wrapper: COPY is driver-specific."""
     raw = cursor.cursor if hasattr(cursor, "cursor") else cursor
-    if not hasattr(raw, "copy"):
-        raise RuntimeError("seed_synthetic needs psycopg 3 (its cursor.copy) for COPY")
+    if not (hasattr(raw, "copy") or hasattr(raw, "copy_expert")):
+        raise RuntimeError("seed_synthetic needs psycopg 3 (cursor.copy) or psycopg2 for COPY")
     return raw
 
 
@@ -568,14 +569,20 @@ def _ensure_rates(cursor) -> list[tuple[str, datetime.date, Decimal]]:
 
 
 def _copy_chunk(raw_cursor, chunk: _Chunk) -> None:
+    """COPY each table's buffered rows, parents first, with psycopg 3 or psycopg2."""
     for table, key, columns, _bound in TABLES:
         buf = chunk.buffers.get(key)
         if buf is None:
             continue
-        with raw_cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            data = buf.getvalue()
-            for start in range(0, len(data), 1 << 20):
-                copy.write(data[start : start + (1 << 20)])
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        if hasattr(raw_cursor, "copy"):  # psycopg 3
+            with raw_cursor.copy(sql) as copy:
+                data = buf.getvalue()
+                for start in range(0, len(data), 1 << 20):
+                    copy.write(data[start : start + (1 << 20)])
+        else:  # psycopg2 reads the buffer as a file
+            buf.seek(0)
+            raw_cursor.copy_expert(sql, buf, size=1 << 20)
         buf.close()
 
 

@@ -60,7 +60,7 @@ def test_other_accesses_are_not_blocked(host, paid_access, raw_connection):
 def _free_elsewhere(raw_connection, access) -> bool:
     """Whether another session can take the access's lock right now (released at once)."""
     key = accrual_lock_key(access.pk)
-    acquired = raw_connection.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0]
+    [(acquired,)] = raw_connection.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
     if acquired:
         raw_connection.execute("SELECT pg_advisory_unlock(%s, %s)", key)
     return acquired
