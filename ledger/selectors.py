@@ -170,11 +170,18 @@ class RecomputeRow(msgspec.Struct, kw_only=True):
     done_at: datetime.datetime | None
 
 
+class ExcludedCount(msgspec.Struct, kw_only=True):
+    reason: str
+    works: int
+    visits: int
+
+
 class PlannedCounts(msgspec.Struct, kw_only=True):
+    """What the plan flips, and what it deliberately left alone, by exclusion reason."""
+
     visits: int
     works: int
-    excluded: dict[str, int]
-    """Excluded planned changes (entities) by reason code."""
+    excluded: list[ExcludedCount]
 
 
 class BatchDetail(msgspec.Struct, kw_only=True):
@@ -613,7 +620,7 @@ def show_batch(value: str) -> BatchDetail:
     """One batch: state, scope, reason, operators, counts, recomputes, conflicts, lineage."""
     batch = get_batch(value)
     row = batch_row(batch.pk)
-    excluded: dict[str, int] = {}
+    excluded: dict[str, ExcludedCount] = {}
     planned_visits = planned_works = 0
     for kind, excl, n in (
         PlannedChange.objects.filter(batch=batch)
@@ -621,9 +628,14 @@ def show_batch(value: str) -> BatchDetail:
         .values_list("entity_kind", "excluded")
         .annotate(n=Count("id"))
     ):
+        is_visit = kind == EntityKind.visit
         if excl:
-            excluded[excl] = excluded.get(excl, 0) + n
-        elif kind == EntityKind.visit:
+            count = excluded.setdefault(excl, ExcludedCount(reason=excl, works=0, visits=0))
+            if is_visit:
+                count.visits += n
+            else:
+                count.works += n
+        elif is_visit:
             planned_visits += n
         else:
             planned_works += n
@@ -649,7 +661,11 @@ def show_batch(value: str) -> BatchDetail:
         scope=batch.scope if isinstance(batch.scope, dict) else {"value": batch.scope},
         summary=batch.summary if isinstance(batch.summary, dict) else {"value": batch.summary},
         plan_digest=batch.plan_digest,
-        planned=PlannedCounts(visits=planned_visits, works=planned_works, excluded=excluded),
+        planned=PlannedCounts(
+            visits=planned_visits,
+            works=planned_works,
+            excluded=[excluded[reason] for reason in sorted(excluded)],
+        ),
         skipped_conflicts=skipped,
         recomputes=recomputes,
         first_event_id=first[0] if first else None,

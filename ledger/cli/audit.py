@@ -290,7 +290,10 @@ def handle_show(options: dict, out: Output) -> int:
             f"{detail.planned.works} works, {detail.planned.visits} visits"
             + (
                 "; excluded: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(detail.planned.excluded.items()))
+                + ", ".join(
+                    f"{e.reason} {e.works} works, {e.visits} visits"
+                    for e in detail.planned.excluded
+                )
                 if detail.planned.excluded
                 else ""
             ),

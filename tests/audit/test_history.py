@@ -222,3 +222,25 @@ def test_show_lists_skipped_conflicts_and_pending_recomputes(db, run):
     assert "visit 7: expected approved, found rejected" in human
     assert "0 done, 1 pending" in human
     assert CorrectionBatch.objects.filter(pk=batch.pk).exists()
+
+
+def test_show_a_planned_batch_with_exclusions(db, run):
+    from commcare_connect.demo.incident import build_incident
+    from ledger import services
+
+    incident = build_incident()
+    plan = services.plan_over_cap(
+        [str(incident.opportunity_b.opportunity_id)], reason="CI-639 B", operator="alice"
+    )
+    detail = run("show", "--batch", plan.batch, "--json").json
+    assert detail["batch"]["state"] == "planned" and detail["batch"]["events"] == 0
+    assert detail["planned"]["works"] == 1 and detail["planned"]["visits"] == 2
+    assert detail["planned"]["excluded"] == [{"reason": "paid", "works": 1, "visits": 2}]
+    assert detail["first_event_id"] is None and detail["last_hash"] is None
+    human = run("show", "--batch", plan.batch).out
+    assert "excluded: paid 1 works, 2 visits" in human
+    assert (
+        run("history", "--batch", plan.batch)
+        .out.strip()
+        .endswith(f"(no corrections recorded for batch {plan.batch})")
+    )
