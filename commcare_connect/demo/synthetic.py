@@ -15,6 +15,7 @@ cap), approved and accrued like the real ones. The cached ``saved_*`` fields and
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime
 import io
 import queue
@@ -494,25 +495,39 @@ def _prefetch(chunks: Iterator[_Chunk], depth: int = 2) -> Iterator[_Chunk]:
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
+    stop = threading.Event()  # set when the consumer gives up (a failed COPY)
     errors: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for chunk in chunks:
-                q.put(chunk)
+                if not put(chunk):
+                    return
         except BaseException as exc:  # re-raised in the consumer
             errors.append(exc)
         finally:
-            q.put(done)
+            put(done)
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
-    while True:
-        item = q.get()
-        if item is done:
-            break
-        yield item
-    thread.join()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            yield item
+    finally:
+        stop.set()
+        thread.join()
     if errors:
         raise errors[0]
 
@@ -621,16 +636,17 @@ def seed_synthetic(
         gen = _Generator(seed, _Ids(starts), rates)
         rows: dict[str, int] = {}
         copied = 0
-        for chunk in _prefetch(_chunks(gen, _budgets(visits, opportunities), chunk_visits)):
-            with transaction.atomic():
-                _copy_chunk(raw, chunk)
-            for key, count in chunk.rows.items():
-                rows[key] = rows.get(key, 0) + count
-            copied += chunk.visits
-            if stdout is not None:
-                stdout.write(
-                    f"  {copied:>9} / {visits} visits  {time.perf_counter() - started:7.1f}s\n"
-                )
+        chunks = _prefetch(_chunks(gen, _budgets(visits, opportunities), chunk_visits))
+        with contextlib.closing(chunks):  # a failed COPY stops the generating thread at once
+            for chunk in chunks:
+                with transaction.atomic():
+                    _copy_chunk(raw, chunk)
+                for key, count in chunk.rows.items():
+                    rows[key] = rows.get(key, 0) + count
+                copied += chunk.visits
+                if stdout is not None:
+                    elapsed = time.perf_counter() - started
+                    stdout.write(f"  {copied:>9} / {visits} visits  {elapsed:7.1f}s\n")
         loaded = time.perf_counter()
         _finish(cursor)
     result = gen.result
