@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -132,6 +135,24 @@ def stream_json_object(out: Output, head: dict[str, Any], key: str, items: Itera
     write("]}\n")
 
 
+def stops_quietly_on_closed_pipe(handler: Callable[[dict, Output], int]):
+    """``corrections export … | head`` closes the pipe early; that is not an error."""
+
+    @functools.wraps(handler)
+    def wrapper(options: dict, out: Output) -> int:
+        try:
+            return handler(options, out)
+        except BrokenPipeError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):  # pragma: no cover - stdout is not a real file
+                pass
+            return 0
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------------------------
 # history
 # --------------------------------------------------------------------------------------------
@@ -171,6 +192,7 @@ def _when(value) -> str:
     return "" if value is None else value.isoformat(timespec="seconds")
 
 
+@stops_quietly_on_closed_pipe
 def handle_history(options: dict, out: Output) -> int:
     kind, value = _selection(options)
     as_of = selectors.parse_time(options["as_of"]) if options.get("as_of") else None
@@ -385,6 +407,7 @@ def handle_verify(options: dict, out: Output) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+@stops_quietly_on_closed_pipe
 def handle_export(options: dict, out: Output) -> int:
     batch = since = until = None
     if options.get("batch"):
