@@ -187,11 +187,15 @@ def _received(count: int, day_offset: int) -> list[datetime.datetime]:
 
 
 def _ensure_rates(currency: str, rate: Decimal, dates: list[datetime.date]) -> None:
-    """Rates on the given dates; an existing rate for a date is kept (rates are shared)."""
-    for day in dates:
-        ExchangeRate.objects.get_or_create(
-            currency_code=currency, rate_date=day, defaults={"rate": rate}
-        )
+    """Rates on the given dates; an existing rate for a date is kept (rates are shared).
+
+    ``ON CONFLICT DO NOTHING`` rather than get-or-create: two seeds running at once then wait
+    on each other's row instead of failing when the other rolls back.
+    """
+    ExchangeRate.objects.bulk_create(
+        [ExchangeRate(currency_code=currency, rate_date=day, rate=rate) for day in dates],
+        ignore_conflicts=True,
+    )
 
 
 def _work_id(access: OpportunityAccess, setup: OpportunitySetup, entity_id: str) -> int:
