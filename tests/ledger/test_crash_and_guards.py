@@ -17,10 +17,12 @@ from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _someone_waits_for_a_row_lock() -> bool:
+def _someone_waits_for(holder_pid: int) -> bool:
+    """True once another session is blocked by the holder's lock (the child's recompute)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            [holder_pid],
         )
         return cursor.fetchone()[0] > 0
 
@@ -41,9 +43,12 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     # then the recompute blocks saving payment_accrued, where we kill it as a crash would.
     holder = connection.get_new_connection(connection.get_connection_params())
     holder.autocommit = False
-    holder.cursor().execute(
+    holding = holder.cursor()
+    holding.execute(
         "SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR UPDATE", [first]
     )
+    holding.execute("SELECT pg_backend_pid()")
+    holder_pid = holding.fetchone()[0]
     env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
     child = subprocess.Popen(
         [sys.executable, "manage.py", "corrections", "apply", "--batch", batch],
@@ -54,7 +59,7 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     )
     try:
         deadline = time.monotonic() + 60
-        while not _someone_waits_for_a_row_lock():
+        while not _someone_waits_for(holder_pid):
             assert child.poll() is None, "apply finished without blocking"
             assert time.monotonic() < deadline, "apply never reached the recompute"
             time.sleep(0.05)
