@@ -509,6 +509,18 @@ def status_as_of(kind: str, value: str, as_of: datetime.datetime) -> list[Entity
     return list(iter_status_as_of(resolve(kind, value), as_of))
 
 
+def history_report(kind: str, value: str, as_of: datetime.datetime | None = None) -> HistoryReport:
+    """What ``corrections history --json`` prints, materialized (the command streams it)."""
+    resolved = resolve(kind, value)
+    if as_of is None:
+        return HistoryReport(selector=resolved.selector, events=list(iter_history(resolved)))
+    return HistoryReport(
+        selector=resolved.selector,
+        as_of=as_of,
+        statuses=list(iter_status_as_of(resolved, as_of)),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------

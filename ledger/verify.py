@@ -35,6 +35,7 @@ from django.db import connection, transaction
 
 from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from ledger import chain
+from ledger.errors import LedgerError
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
 
 CHECKS = ("triggers", "chain", "continuity", "drift", "recomputes", "batches")
@@ -569,8 +570,6 @@ def run_checks(names: list[str] | None = None) -> VerifyReport:
     names = list(CHECKS) if names is None else list(names)
     unknown = [n for n in names if n not in _RUNNERS]
     if unknown:
-        from ledger.errors import LedgerError
-
         raise LedgerError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
     if connection.in_atomic_block:
         return _run(names)

@@ -244,3 +244,15 @@ def test_show_a_planned_batch_with_exclusions(db, run):
         .out.strip()
         .endswith(f"(no corrections recorded for batch {plan.batch})")
     )
+
+
+def test_streamed_json_equals_the_materialized_report(undone, run):
+    import msgspec
+
+    from ledger import selectors
+
+    for extra in ([], ["--as-of", undone.after_apply.isoformat()]):
+        printed = run("history", "--batch", undone.batch, "--json", *extra).json
+        as_of = undone.after_apply if extra else None
+        report = selectors.history_report("batch", undone.batch, as_of)
+        assert printed == msgspec.json.decode(msgspec.json.encode(report))
