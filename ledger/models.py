@@ -164,7 +164,10 @@ class PlannedChange(models.Model):
     suspended = models.BooleanField(default=False)
 
     class Meta:
-        indexes = [models.Index(fields=["batch", "entity_kind", "entity_id"])]
+        indexes = [
+            models.Index(fields=["batch", "entity_kind", "entity_id"]),
+            models.Index(fields=["entity_kind", "entity_id"], name="ledger_planned_entity"),
+        ]
         triggers = [
             pgtrigger.Trigger(
                 name="ledger_planned_change_frozen",
