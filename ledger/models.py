@@ -144,12 +144,25 @@ _FROZEN_UNLESS_PLANNED = """
     END IF;
     RETURN COALESCE(NEW, OLD);
 """
+# Inserts come by the hundred thousand: one check per statement over the new rows, not per row.
+_INSERT_ONLY_WHILE_PLANNED = """
+    IF EXISTS (
+        SELECT 1 FROM new_rows n JOIN ledger_correctionbatch b ON b.id = n.batch_id
+        WHERE b.state <> 'planned'
+    ) THEN
+        RAISE EXCEPTION 'ledger: planned changes can only be added to a planned batch'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NULL;
+"""
 
 
 class PlannedChange(models.Model):
     """One entity a planned batch would flip (or deliberately leaves alone: ``excluded``)."""
 
-    batch = models.ForeignKey(CorrectionBatch, on_delete=models.PROTECT, related_name="changes")
+    batch = models.ForeignKey(
+        CorrectionBatch, on_delete=models.PROTECT, related_name="changes", db_index=False
+    )
     entity_kind = models.CharField(max_length=20, choices=EntityKind.choices)
     entity_id = models.BigIntegerField()
     completed_work_id = models.BigIntegerField(null=True, blank=True)
@@ -171,16 +184,27 @@ class PlannedChange(models.Model):
         triggers = [
             pgtrigger.Trigger(
                 name="ledger_planned_change_frozen",
-                operation=pgtrigger.Insert | pgtrigger.Update | pgtrigger.Delete,
+                operation=pgtrigger.Update | pgtrigger.Delete,
                 when=pgtrigger.Before,
                 func=_FROZEN_UNLESS_PLANNED,
+            ),
+            pgtrigger.Trigger(
+                name="ledger_planned_change_insert",
+                operation=pgtrigger.Insert,
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                referencing=pgtrigger.Referencing(new="new_rows"),
+                func=_INSERT_ONLY_WHILE_PLANNED,
             ),
             _refuse_truncate("ledger_planned_change_no_truncate"),
         ]
 
 
 class CorrectionEvent(models.Model):
-    batch = models.ForeignKey(CorrectionBatch, on_delete=models.PROTECT, related_name="events")
+    # Indexed by (batch, id) below; a second index on batch alone would only slow inserts.
+    batch = models.ForeignKey(
+        CorrectionBatch, on_delete=models.PROTECT, related_name="events", db_index=False
+    )
     entity_kind = models.CharField(max_length=20, choices=EntityKind.choices)
     entity_id = models.BigIntegerField()
     completed_work_id = models.BigIntegerField(null=True, blank=True)
@@ -202,10 +226,11 @@ class CorrectionEvent(models.Model):
     new_status_modified_date = models.DateTimeField(null=True, blank=True)
     recorded_at = models.DateTimeField()
     prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64)
 
     class Meta:
         ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["hash"], name="ledger_event_hash_unique")]
         indexes = [
             models.Index(fields=["entity_kind", "entity_id", "id"], name="ledger_event_entity"),
             models.Index(fields=["access_id", "id"], name="ledger_event_access"),

@@ -109,6 +109,14 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
         return
     ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
     with connection.cursor() as cursor:
+        if len(set(statuses)) == 1 and len(set(stamps)) == 1:
+            # An apply: one status and one stamp for all, so no per-row values to join.
+            cursor.execute(
+                f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
+                    WHERE id = ANY(%s::bigint[])""",
+                [statuses[0], stamps[0], ids],
+            )
+            return
         cursor.execute(
             f"""UPDATE {table(model)} t
                 SET status = u.status, status_modified_date = u.modified
@@ -123,10 +131,6 @@ _EVENT_COLUMNS = (
     "batch_id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id", "access_id",
     "xform_id", "from_status", "to_status", "reason", "inverts_id",
     "prior_status_modified_date", "new_status_modified_date", "recorded_at", "prev_hash", "hash",
-)  # fmt: skip
-_EVENT_TYPES = (
-    "uuid", "text", "bigint", "bigint", "bigint", "bigint", "text", "text", "text", "text",
-    "bigint", "timestamptz", "timestamptz", "timestamptz", "text", "text",
 )  # fmt: skip
 
 
@@ -239,7 +243,7 @@ def project(
             }
             event["hash"] = prev = chain.event_hash(prev, event)
             events.append(tuple(event[c] for c in _EVENT_COLUMNS))
-        insert_rows(CorrectionEvent, _EVENT_COLUMNS, _EVENT_TYPES, events)
+        insert_rows(CorrectionEvent, _EVENT_COLUMNS, events)
         result.events += len(part)
         result.visits += sum(1 for kind, _ in flipped if kind == visit_kind)
     result.works = result.events - result.visits

@@ -35,10 +35,6 @@ from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_b
 from ledger.sql import insert_rows
 
 Progress = Callable[[str], None]
-PLANNED_CHANGE_TYPES = (
-    "uuid", "text", "bigint", "bigint", "bigint", "bigint", "text", "text", "text", "text",
-    "boolean",
-)  # fmt: skip
 DEADLOCK_RETRIES = 3
 
 
@@ -128,7 +124,6 @@ def _store_plan(
         insert_rows(
             PlannedChange,
             ("batch_id", *PlannedRow._fields),
-            PLANNED_CHANGE_TYPES,
             ((batch.pk, *row) for row in rows),
         )
     return report

@@ -1,12 +1,16 @@
-"""Set-based writes shared by the projector and the plan store.
+"""Bulk writes shared by the projector and the plan store.
 
-Rows go to PostgreSQL as one array per column (``INSERT … SELECT FROM unnest(…)``), a chunk at
-a time: one round trip per 10,000 rows, memory bounded by the chunk, and it works the same under
-psycopg2 and psycopg 3 (no driver-specific COPY).
+Rows are streamed with COPY — the fastest way into PostgreSQL — under both drivers the ledger
+supports: psycopg 3's ``cursor.copy`` and psycopg2's ``copy_expert``. COPY inserts rows in the
+order given, so serial ids follow that order (the hash chain relies on it). Memory stays
+bounded: psycopg 3 streams row by row, psycopg2 a buffer of :data:`CHUNK` rows at a time.
 """
 
 from __future__ import annotations
 
+import datetime
+import io
+import uuid
 from collections.abc import Iterable, Sequence
 
 from django.db import connection
@@ -18,26 +22,51 @@ def table(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-def insert_rows(
-    model, columns: Sequence[str], types: Sequence[str], rows: Iterable[Sequence]
-) -> int:
-    """Insert ``rows`` (tuples in ``columns`` order) in order; ids follow the row order."""
-    names = ", ".join(f"c{i}" for i in range(len(columns)))
-    arrays = ", ".join(f"%s::{t}[]" for t in types)
-    sql = (
-        f"INSERT INTO {table(model)} ({', '.join(columns)}) "
-        f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) ORDER BY ord"
+def _text(value) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return r"\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, int | uuid.UUID):
+        return str(value)
+    return (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
     )
+
+
+def insert_rows(model, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """COPY ``rows`` (tuples in ``columns`` order) into ``model``'s table; return the count."""
+    sql = f"COPY {table(model)} ({', '.join(columns)}) FROM STDIN"
     count = 0
-    chunk: list[Sequence] = []
-    with connection.cursor() as cursor:
+    with connection.cursor() as wrapper:
+        raw = wrapper.cursor
+        if hasattr(raw, "copy"):  # psycopg 3
+            with raw.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            return count
+        buffer = io.StringIO()  # psycopg2
+        pending = 0
         for row in rows:
-            chunk.append(row)
-            if len(chunk) == CHUNK:
-                cursor.execute(sql, [list(col) for col in zip(*chunk, strict=True)])
-                count += len(chunk)
-                chunk = []
-        if chunk:
-            cursor.execute(sql, [list(col) for col in zip(*chunk, strict=True)])
-            count += len(chunk)
+            buffer.write("\t".join(map(_text, row)) + "\n")
+            pending += 1
+            if pending == CHUNK:
+                buffer.seek(0)
+                raw.copy_expert(sql, buffer)
+                count += pending
+                buffer, pending = io.StringIO(), 0
+        if pending:
+            buffer.seek(0)
+            raw.copy_expert(sql, buffer)
+            count += pending
     return count

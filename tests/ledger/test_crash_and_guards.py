@@ -137,3 +137,20 @@ def test_a_batch_is_reverted_at_most_once_by_constraint(incident, run):
         CorrectionBatch.objects.create(
             planner="undo", reason="again", planned_by="x", plan_digest="0", reverts_id=batch
         )
+
+
+def test_planned_changes_are_frozen_once_the_batch_leaves_planned(incident, run):
+    from ledger.models import PlannedChange
+
+    opp = str(incident.opportunity_a.opportunity_id)
+    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    change = PlannedChange.objects.filter(batch_id=batch).first()
+    PlannedChange.objects.filter(pk=change.pk).update(suspended=True)  # still planned: allowed
+    assert run("apply", "--batch", batch).code == 0
+    with pytest.raises(DatabaseError), transaction.atomic():
+        PlannedChange.objects.filter(pk=change.pk).update(to_status="approved")
+    with pytest.raises(DatabaseError), transaction.atomic():
+        PlannedChange.objects.create(
+            batch_id=batch, entity_kind="visit", entity_id=1, opportunity_id=1,
+            from_status="approved", to_status="over_limit",
+        )  # fmt: skip
