@@ -56,8 +56,28 @@ def _text(name: str, value: Any) -> str:
     return str(value)
 
 
+_TIME_POSITIONS = frozenset(i for i, name in enumerate(CONTENT_FIELDS) if name in TIME_FIELDS)
+
+
 def content(event: Mapping[str, Any]) -> str:
-    return FIELD_SEP.join(_text(name, event.get(name)) for name in CONTENT_FIELDS)
+    return FIELD_SEP.join([_text(name, event.get(name)) for name in CONTENT_FIELDS])
+
+
+def content_of_values(values: tuple) -> str:
+    """:func:`content` for values already in ``CONTENT_FIELDS`` order (the projector's path)."""
+    parts = []
+    for i, value in enumerate(values):
+        if value is None or value == "":
+            parts.append("")
+        elif i in _TIME_POSITIONS:
+            parts.append(str(micros(value)))
+        else:
+            parts.append(str(value))
+    return FIELD_SEP.join(parts)
+
+
+def hash_values(prev_hash: str, values: tuple) -> str:
+    return hashlib.sha256((prev_hash + HASH_SEP + content_of_values(values)).encode()).hexdigest()
 
 
 def event_hash(prev_hash: str, event: Mapping[str, Any]) -> str:

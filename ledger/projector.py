@@ -127,11 +127,8 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
         )
 
 
-_EVENT_COLUMNS = (
-    "batch_id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id", "access_id",
-    "xform_id", "from_status", "to_status", "reason", "inverts_id",
-    "prior_status_modified_date", "new_status_modified_date", "recorded_at", "prev_hash", "hash",
-)  # fmt: skip
+# The hashed content, in chain order, then the two hashes.
+_EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "prev_hash", "hash")
 
 
 def _last_hash() -> str:
@@ -213,6 +210,7 @@ def project(
     now = datetime.datetime.now(datetime.UTC)
     prev = _last_hash()
     visit_kind = EntityKind.visit.value
+    batch_id = str(batch.pk)
     for start in range(0, len(flips), CHUNK):
         part = flips[start : start + CHUNK]
         stamps = [f.restore_status_modified_date if f.inverts_id is not None else now for f in part]
@@ -224,25 +222,13 @@ def project(
         _update(CompletedWork, [row for kind, row in flipped if kind != visit_kind])
         events = []
         for f, stamp in zip(part, stamps, strict=True):
-            event = {
-                "batch_id": str(batch.pk),
-                "entity_kind": f.entity_kind,
-                "entity_id": f.entity_id,
-                "completed_work_id": f.completed_work_id,
-                "opportunity_id": f.opportunity_id,
-                "access_id": f.access_id,
-                "xform_id": f.xform_id,
-                "from_status": f.from_status,
-                "to_status": f.to_status,
-                "reason": reason,
-                "inverts_id": f.inverts_id,
-                "prior_status_modified_date": current[(f.entity_kind, f.entity_id)][1],
-                "new_status_modified_date": stamp,
-                "recorded_at": now,
-                "prev_hash": prev,
-            }
-            event["hash"] = prev = chain.event_hash(prev, event)
-            events.append(tuple(event[c] for c in _EVENT_COLUMNS))
+            values = (
+                batch_id, f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
+                f.access_id, f.xform_id, f.from_status, f.to_status, reason, f.inverts_id,
+                current[(f.entity_kind, f.entity_id)][1], stamp, now,
+            )  # fmt: skip
+            prev_hash, prev = prev, chain.hash_values(prev, values)
+            events.append((*values, prev_hash, prev))
         insert_rows(CorrectionEvent, _EVENT_COLUMNS, events)
         result.events += len(part)
         result.visits += sum(1 for kind, _ in flipped if kind == visit_kind)
