@@ -7,6 +7,7 @@ Use them from any test on a real PostgreSQL database::
     testing.assert_events_match_state()      # invariants 3 and 4: continuity, no drift
     testing.assert_batch_reverted(batch_id)  # invariant 5: statuses, dates, accruals restored
     testing.assert_append_only()             # invariant 1: the database refuses rewrites
+    result = testing.run_corrections("verify", "--json")  # the command, in-process
 
 With pytest, the ``corrections_ledger`` fixture (registered automatically through the
 ``pytest11`` entry point) returns this module.
@@ -21,9 +22,13 @@ unchanged. :func:`allow_flush` does the same for code that truncates by hand.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pgtrigger
+from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from commcare_connect.opportunity.models import CompletedWork, UserVisit
@@ -36,6 +41,28 @@ TRUNCATE_GUARDS = (
     "ledger.AccrualRecompute:ledger_recompute_no_truncate",
 )
 APPEND_ONLY_GUARDS = ("ledger_event_append_only", "ledger_event_no_truncate")
+
+
+@dataclass
+class CommandResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+
+def run_corrections(*args: str) -> CommandResult:
+    """Run ``./manage.py corrections …`` in-process; capture its output and exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("corrections", *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return CommandResult(code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager

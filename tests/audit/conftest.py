@@ -5,46 +5,22 @@ TRUNCATE are refused)."""
 from __future__ import annotations
 
 import datetime
-import io
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from commcare_connect.demo.incident import IncidentData, build_incident
 from ledger import chain, services
 from ledger.models import BatchState, CorrectionBatch, CorrectionEvent
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self):
-        return json.loads(self.out)
-
-
-def corrections(*args: str) -> Result:
-    """Run ``./manage.py corrections …`` in-process; capture output and exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("corrections", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
+from ledger.testing import run_corrections
 
 
 @pytest.fixture
 def run():
-    return corrections
+    return run_corrections
 
 
 @dataclass

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import json
-from dataclasses import dataclass
-
 import pytest
-from django.core.management import call_command
 
 from commcare_connect.demo.incident import IncidentData, build_incident
 from ledger.models import CorrectionBatch, CorrectionEvent, PlannedChange
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-def corrections(*args: str) -> Result:
-    """Run ``./manage.py corrections …`` in-process; capture output and exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("corrections", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
+from ledger.testing import run_corrections
 
 
 def ledger_counts() -> tuple[int, int, int]:
@@ -50,7 +24,7 @@ def incident(db) -> IncidentData:
 
 @pytest.fixture
 def run():
-    return corrections
+    return run_corrections
 
 
 @pytest.fixture
