@@ -35,6 +35,7 @@ from ledger.schema import Conflict
 from ledger.sql import CHUNK, insert_rows, table
 
 LEDGER_LOCK = (0x4C454447, 1)  # "LEDG": serialises every ledger write
+FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
 
 
 class Flip(NamedTuple):
@@ -104,19 +105,32 @@ def _find_conflicts(flips: Sequence[Flip], current: dict) -> list[Conflict]:
 
 
 def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> None:
-    """Set status and status_modified_date of (id, status, stamp) rows in one statement."""
+    """Set status and status_modified_date of (id, status, stamp) rows.
+
+    An apply gives every row one status and one stamp, and an undo often restores only a few
+    distinct stamps: each such group is one ``WHERE id = ANY(…)``. Otherwise the per-row values
+    are joined from arrays.
+    """
     if not rows:
         return
-    ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
+    groups: dict[tuple[str, datetime.datetime | None], list[int]] = {}
+    for pk, status, stamp in rows:
+        groups.setdefault((status, stamp), []).append(pk)
+        if len(groups) > FEW_GROUPS:
+            break
     with connection.cursor() as cursor:
-        if len(set(statuses)) == 1 and len(set(stamps)) == 1:
-            # An apply: one status and one stamp for all, so no per-row values to join.
-            cursor.execute(
-                f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
-                    WHERE id = ANY(%s::bigint[])""",
-                [statuses[0], stamps[0], ids],
-            )
+        if len(groups) <= FEW_GROUPS:
+            groups = {}
+            for pk, status, stamp in rows:
+                groups.setdefault((status, stamp), []).append(pk)
+            for (status, stamp), ids in groups.items():
+                cursor.execute(
+                    f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
+                        WHERE id = ANY(%s::bigint[])""",
+                    [status, stamp, ids],
+                )
             return
+        ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
         cursor.execute(
             f"""UPDATE {table(model)} t
                 SET status = u.status, status_modified_date = u.modified

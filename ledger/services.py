@@ -318,11 +318,17 @@ def undo_batch(
                 raise WrongState(
                     f"batch {original.pk} is {original.state}; only an applied batch can be undone"
                 )
+            # Newest first, as plain tuples: the inverse of each event, restoring what it overwrote.
             flips = [
-                Flip(e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
-                     e.access_id, e.xform_id, e.to_status, e.from_status, e.pk,
-                     e.prior_status_modified_date)
-                for e in original.events.order_by("-id").iterator(chunk_size=5000)
+                Flip(kind, entity_id, work_id, opp_id, access_id, xform_id, to_status,
+                     from_status, event_id, prior_modified)
+                for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
+                     from_status, to_status, prior_modified)
+                in original.events.order_by("-id").values_list(
+                    "id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id",
+                    "access_id", "xform_id", "from_status", "to_status",
+                    "prior_status_modified_date",
+                ).iterator(chunk_size=10_000)
             ]  # fmt: skip
             digest = plan_digest(
                 PlannedRow(f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
