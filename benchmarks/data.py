@@ -1,0 +1,328 @@
+"""The benchmark's data beyond ``seed_synthetic``: the batch to flip and a long event history.
+
+* The batch: whole accesses, picked at random (seeded) until about a tenth of all visits are
+  covered, with every visit and completed work of theirs that a flip to over_limit would touch.
+  It is recorded with each row's status and ``status_modified_date`` in ``bench_batch_rows``
+  (and each access's accrual in ``bench_accesses``) so every step can check that the state it
+  started from was restored.
+* The history: pairs of batches — a visit-list batch flipping works and their visits to
+  over_limit, and its undo flipping them back — written straight into the ledger's tables with
+  ``COPY``, chained with the ledger's own hash function, consistent with the host rows (each
+  entity ends where it started), so ``verify`` finds nothing to report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import uuid
+from collections.abc import Iterator
+
+from django.db import connection, transaction
+
+from ledger import chain
+from ledger.models import BatchState, CorrectionBatch, CorrectionEvent, Planner
+from ledger.planners.rows import PlannedRow, plan_digest
+
+HISTORY_REASON = "Synthetic history for the benchmarks"
+HISTORY_OPERATOR = "benchmarks"
+HISTORY_START = datetime.datetime(2026, 5, 1, tzinfo=datetime.UTC)
+HISTORY_WORKS_PER_BATCH = 10_000
+
+SNAPSHOT_DDL = """
+DROP TABLE IF EXISTS bench_batch_rows;
+DROP TABLE IF EXISTS bench_accesses;
+CREATE TABLE bench_batch_rows (
+    kind text NOT NULL,
+    id bigint NOT NULL,
+    access_id bigint NOT NULL,
+    status text NOT NULL,
+    status_modified_date timestamptz,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE bench_accesses (
+    access_id bigint PRIMARY KEY,
+    payment_accrued bigint NOT NULL,
+    works integer NOT NULL
+);
+"""
+
+
+def _one(sql: str, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def choose_batch(seed: int, share: float = 0.1) -> dict:
+    """Pick whole accesses until ``share`` of all visits is covered; snapshot their rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT opportunity_access_id, count(*) FROM opportunity_uservisit "
+            "WHERE opportunity_access_id IS NOT NULL GROUP BY 1 ORDER BY 1"
+        )
+        per_access = cursor.fetchall()
+    total = sum(n for _, n in per_access)
+    target = max(1, round(total * share))
+    rng = random.Random(seed)
+    rng.shuffle(per_access)
+    chosen, covered = [], 0
+    for access_id, n in per_access:
+        if covered >= target:
+            break
+        chosen.append(access_id)
+        covered += n
+    chosen.sort()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(SNAPSHOT_DDL)
+        cursor.execute(
+            """INSERT INTO bench_batch_rows
+               SELECT 'visit', v.id, v.opportunity_access_id, v.status, v.status_modified_date
+               FROM opportunity_uservisit v
+               WHERE v.opportunity_access_id = ANY(%s)
+                 AND v.status NOT IN ('over_limit', 'trial')""",
+            [chosen],
+        )
+        cursor.execute(
+            """INSERT INTO bench_batch_rows
+               SELECT 'completed_work', w.id, w.opportunity_access_id, w.status,
+                      w.status_modified_date
+               FROM opportunity_completedwork w
+               WHERE w.id IN (SELECT v.completed_work_id FROM opportunity_uservisit v
+                              JOIN bench_batch_rows b ON b.kind = 'visit' AND b.id = v.id)
+                 AND w.status <> 'over_limit'"""
+        )
+        cursor.execute(
+            """INSERT INTO bench_accesses
+               SELECT a.id, a.payment_accrued,
+                      (SELECT count(*) FROM opportunity_completedwork w
+                       WHERE w.opportunity_access_id = a.id)
+               FROM opportunity_opportunityaccess a WHERE a.id = ANY(%s)""",
+            [chosen],
+        )
+        cursor.execute("ANALYZE bench_batch_rows")
+        cursor.execute("ANALYZE bench_accesses")
+    return batch_counts()
+
+
+def batch_counts() -> dict:
+    visits, works = _one(
+        "SELECT count(*) FILTER (WHERE kind = 'visit'), "
+        "count(*) FILTER (WHERE kind = 'completed_work') FROM bench_batch_rows"
+    )
+    accesses, min_works, max_works = _one(
+        "SELECT count(*), min(works), max(works) FROM bench_accesses"
+    )
+    return {
+        "visits": visits,
+        "works": works,
+        "accesses": accesses,
+        "min_works_per_access": min_works,
+        "max_works_per_access": max_works,
+    }
+
+
+def batch_ids() -> dict[str, list[int]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT kind, id FROM bench_batch_rows ORDER BY kind, id")
+        ids: dict[str, list[int]] = {"visit": [], "completed_work": []}
+        for kind, pk in cursor.fetchall():
+            ids[kind].append(pk)
+    return ids
+
+
+def batch_rows() -> dict[str, tuple[list[int], list[str], list[datetime.datetime]]]:
+    """Per kind: ids, snapshot statuses and stamps (what every step must leave in place)."""
+    rows: dict[str, tuple[list, list, list]] = {
+        "visit": ([], [], []),
+        "completed_work": ([], [], []),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT kind, id, status, status_modified_date FROM bench_batch_rows ORDER BY kind, id"
+        )
+        for kind, pk, status, modified in cursor.fetchall():
+            ids, statuses, stamps = rows[kind]
+            ids.append(pk)
+            statuses.append(status)
+            stamps.append(modified)
+    return rows
+
+
+def batch_access_ids() -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT access_id FROM bench_accesses ORDER BY access_id")
+        return [r[0] for r in cursor.fetchall()]
+
+
+def drift() -> dict:
+    """How many batch rows and accesses differ from the snapshot (all zero when restored)."""
+    visits, works = _one(
+        """SELECT
+             (SELECT count(*) FROM bench_batch_rows b JOIN opportunity_uservisit v ON v.id = b.id
+              WHERE b.kind = 'visit' AND (v.status, v.status_modified_date)
+                    IS DISTINCT FROM (b.status, b.status_modified_date)),
+             (SELECT count(*) FROM bench_batch_rows b
+              JOIN opportunity_completedwork w ON w.id = b.id
+              WHERE b.kind = 'completed_work' AND (w.status, w.status_modified_date)
+                    IS DISTINCT FROM (b.status, b.status_modified_date))"""
+    )
+    (accesses,) = _one(
+        """SELECT count(*) FROM bench_accesses s
+           JOIN opportunity_opportunityaccess a ON a.id = s.access_id
+           WHERE a.payment_accrued <> s.payment_accrued"""
+    )
+    return {"visits": visits, "works": works, "accesses": accesses}
+
+
+# -- synthetic history ------------------------------------------------------------------------
+
+
+def _history_groups(works_per_batch: int) -> Iterator[list[tuple]]:
+    """Works in id order with their flippable visits, ``works_per_batch`` works at a time."""
+    (last,) = _one("SELECT COALESCE(max(id), 0) FROM opportunity_completedwork")
+    start = 0
+    while start <= last:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """SELECT w.id, a.opportunity_id, w.opportunity_access_id, w.status,
+                          w.status_modified_date
+                   FROM opportunity_completedwork w
+                   JOIN opportunity_opportunityaccess a ON a.id = w.opportunity_access_id
+                   WHERE w.id > %s AND w.status NOT IN ('over_limit')
+                   ORDER BY w.id LIMIT %s""",
+                [start, works_per_batch],
+            )
+            works = cursor.fetchall()
+            if not works:
+                return
+            ids = [w[0] for w in works]
+            cursor.execute(
+                """SELECT v.completed_work_id, v.id, v.xform_id, v.status, v.status_modified_date
+                   FROM opportunity_uservisit v
+                   WHERE v.completed_work_id = ANY(%s)
+                     AND v.status NOT IN ('over_limit', 'trial')
+                   ORDER BY v.id""",
+                [ids],
+            )
+            visits: dict[int, list[tuple]] = {}
+            for row in cursor.fetchall():
+                visits.setdefault(row[0], []).append(row)
+        group = []
+        for work_id, opp_id, access_id, status, modified in works:
+            group.append(("completed_work", work_id, work_id, opp_id, access_id, None, status,
+                          modified))  # fmt: skip
+            for _, visit_id, xform_id, v_status, v_modified in visits.get(work_id, []):
+                group.append(("visit", visit_id, work_id, opp_id, access_id, xform_id, v_status,
+                              v_modified))  # fmt: skip
+        yield group
+        start = ids[-1]
+
+
+def _raw(cursor):
+    raw = cursor.cursor if hasattr(cursor, "cursor") else cursor
+    if not hasattr(raw, "copy"):
+        raise RuntimeError("the synthetic history needs psycopg 3 (cursor.copy)")
+    return raw
+
+
+_COLUMNS = ("id",) + chain.CONTENT_FIELDS + ("prev_hash", "hash")
+
+
+def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_BATCH) -> dict:
+    """Append about ``target_events`` chained events (apply and undo pairs) with COPY."""
+    if target_events <= 0:
+        return {"events": 0, "batches": 0}
+    written = batches = 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COALESCE(max(id), 0) FROM {CorrectionEvent._meta.db_table}")
+        next_id = cursor.fetchone()[0] + 1
+        cursor.execute(
+            f"SELECT hash FROM {CorrectionEvent._meta.db_table} ORDER BY id DESC LIMIT 1"
+        )
+        row = cursor.fetchone()
+    prev = row[0] if row else chain.GENESIS
+    for number, group in enumerate(_history_groups(works_per_batch)):
+        group = group[: max(1, (target_events - written) // 2)]
+        applied_at = HISTORY_START + datetime.timedelta(hours=2 * number)
+        undone_at = applied_at + datetime.timedelta(hours=1)
+        digest = plan_digest(
+            PlannedRow(k, e, w, o, a, x, s, "over_limit", "", False)
+            for k, e, w, o, a, x, s, _ in group
+        )
+        with transaction.atomic():
+            original = CorrectionBatch.objects.create(
+                id=uuid.uuid4(), planner=Planner.visit_list, state=BatchState.undone,
+                reason=HISTORY_REASON, planned_by=HISTORY_OPERATOR, applied_by=HISTORY_OPERATOR,
+                plan_digest=digest, scope={"synthetic": True}, applied_at=applied_at,
+                undone_at=undone_at,
+            )  # fmt: skip
+            undo = CorrectionBatch.objects.create(
+                id=uuid.uuid4(), planner=Planner.undo, state=BatchState.applied,
+                reason=HISTORY_REASON, planned_by=HISTORY_OPERATOR, applied_by=HISTORY_OPERATOR,
+                plan_digest=digest, scope={"reverts": str(original.pk)}, reverts=original,
+                applied_at=undone_at,
+            )  # fmt: skip
+            first_id = next_id
+            with (
+                connection.cursor() as cursor,
+                _raw(cursor).copy(
+                    f"COPY {CorrectionEvent._meta.db_table} ({', '.join(_COLUMNS)}) FROM STDIN"
+                ) as copy,
+            ):
+                for kind, entity, work, opp, access, xform, status, modified in group:
+                    event = {
+                        "batch_id": str(original.pk), "entity_kind": kind, "entity_id": entity,
+                        "completed_work_id": work, "opportunity_id": opp, "access_id": access,
+                        "xform_id": xform, "from_status": status, "to_status": "over_limit",
+                        "reason": HISTORY_REASON, "inverts_id": None,
+                        "prior_status_modified_date": modified,
+                        "new_status_modified_date": applied_at, "recorded_at": applied_at,
+                    }  # fmt: skip
+                    event["id"] = next_id
+                    event["prev_hash"] = prev
+                    event["hash"] = prev = chain.event_hash(prev, event)
+                    copy.write_row([event[c] for c in _COLUMNS])
+                    next_id += 1
+                # The undo inverts the original's events newest first, as undo_batch does.
+                for offset, (kind, entity, work, opp, access, xform, status, modified) in zip(
+                    range(len(group) - 1, -1, -1), reversed(group), strict=True
+                ):
+                    event = {
+                        "batch_id": str(undo.pk), "entity_kind": kind, "entity_id": entity,
+                        "completed_work_id": work, "opportunity_id": opp, "access_id": access,
+                        "xform_id": xform, "from_status": "over_limit", "to_status": status,
+                        "reason": HISTORY_REASON, "inverts_id": first_id + offset,
+                        "prior_status_modified_date": applied_at,
+                        "new_status_modified_date": modified, "recorded_at": undone_at,
+                    }  # fmt: skip
+                    event["id"] = next_id
+                    event["prev_hash"] = prev
+                    event["hash"] = prev = chain.event_hash(prev, event)
+                    copy.write_row([event[c] for c in _COLUMNS])
+                    next_id += 1
+            with connection.cursor() as cursor:
+                for batch, at in ((original, applied_at), (undo, undone_at)):
+                    cursor.execute(
+                        """INSERT INTO ledger_accrualrecompute
+                               (batch_id, access_id, opportunity_id, state, accrual_before,
+                                accrual_after, projected_after, created_at, done_at)
+                           SELECT %s, a.id, a.opportunity_id, 'done', a.payment_accrued,
+                                  a.payment_accrued, a.payment_accrued, %s, %s
+                           FROM opportunity_opportunityaccess a
+                           WHERE a.id = ANY(%s) ORDER BY a.id""",
+                        [batch.pk, at, at, sorted({g[4] for g in group})],
+                    )
+        written += 2 * len(group)
+        batches += 2
+        if written >= target_events:
+            break
+    with connection.cursor() as cursor:
+        table = CorrectionEvent._meta.db_table
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+        )
+        cursor.execute(f"ANALYZE {table}")
+        cursor.execute("ANALYZE ledger_accrualrecompute")
+        cursor.execute("ANALYZE ledger_correctionbatch")
+    return {"events": written, "batches": batches}
