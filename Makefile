@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run --visits $(BENCH_VISITS)
 
 bench-small: $(STAMP)
-	$(PY) -m benchmarks.run --visits 10000 --runs 1
+	$(PY) -m benchmarks.run --visits 10000 --runs 1 --out benchmarks/results/benchmarks-small.md
 
 clean-db:
 	rm -rf .pgdata
