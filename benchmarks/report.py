@@ -154,7 +154,10 @@ def render(measured: dict) -> str:
     add("```")
     add(f"{measured['command']}    # this report")
     add("make bench           # python -m benchmarks.run --visits $(BENCH_VISITS), 1,000,000")
-    add("make bench-small     # python -m benchmarks.run --visits 10000 --runs 1 (CI)")
+    add(
+        "make bench-small     # python -m benchmarks.run --visits 10000 --runs 1 "
+        "--out benchmarks/results/benchmarks-small.md (CI)"
+    )
     add("```")
     add("")
     add(
@@ -183,7 +186,17 @@ def render(measured: dict) -> str:
         if start["changed"]:
             text += f" with uncommitted changes in {', '.join(start['changed'])}"
         if end["commit"] != start["commit"]:
-            text += f" (HEAD moved to `{end['commit']}` during the run)"
+            moved = end.get("committed_since")
+            if moved:
+                text += (
+                    f" (HEAD moved to `{end['commit']}` during the run, changing "
+                    f"{', '.join(moved)}: steps started after that ran the newer code)"
+                )
+            else:
+                text += (
+                    f" (HEAD moved to `{end['commit']}` during the run, with no change to the "
+                    "measured code)"
+                )
         text += (
             f". Load average {start['load'][0]} at the start, {end['load'][0]} at the end "
             "(the machine is shared; ratios within a run are the robust figures)."

@@ -72,8 +72,12 @@ class Steps:
         return outcome
 
 
-def code_state() -> dict:
-    """The commit measured, and whether the measured packages had uncommitted changes."""
+MEASURED_CODE = ("ledger", "commcare_connect", "benchmarks")
+
+
+def code_state(since: str | None = None) -> dict:
+    """The commit measured, whether the measured packages had uncommitted changes, and (with
+    ``since``) which of their files commits made after ``since`` changed."""
 
     def git(*args: str) -> str:
         try:
@@ -84,12 +88,16 @@ def code_state() -> dict:
             return "?"
         return done.stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "ledger", "commcare_connect")
-    return {
+    changed = git("status", "--porcelain", "--", *MEASURED_CODE)
+    state = {
         "commit": git("rev-parse", "--short", "HEAD"),
         "changed": [line[3:] for line in changed.splitlines()] if changed != "?" else ["?"],
         "load": [round(x, 2) for x in os.getloadavg()],
     }
+    if since is not None:
+        moved = git("diff", "--name-only", since, "HEAD", "--", *MEASURED_CODE)
+        state["committed_since"] = moved.splitlines() if moved != "?" else ["?"]
+    return state
 
 
 def recreate_database(name: str) -> None:
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": vars(args),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "harness_seconds": time.perf_counter() - started,
-            "code": {"start": code_before, "end": code_state()},
+            "code": {"start": code_before, "end": code_state(code_before["commit"])},
         }
     )
     results_dir = ROOT / "benchmarks" / "results"
