@@ -129,6 +129,28 @@ def _store_plan(
     return report
 
 
+def _priced_plan(
+    planner: str,
+    rows: list[PlannedRow],
+    reason: str,
+    operator: str | None,
+    ticket: str,
+    scope: dict,
+) -> PlanReport:
+    """Price and store the rows as a planned batch; with nothing to flip, report and store none."""
+    if not any(not r.excluded for r in rows):
+        return plan_report(None, "empty", planner, reason, scope, None, rows, {})
+    return _store_plan(
+        planner,
+        rows,
+        price(rows),
+        reason=reason,
+        operator=operator or default_operator(),
+        ticket=ticket,
+        scope=scope,
+    )
+
+
 def plan_over_cap(
     opportunity_ids: Iterable[str],
     reason: str,
@@ -154,17 +176,7 @@ def plan_over_cap(
         "include_paid": include_paid,
         "skip_suspended": skip_suspended,
     }
-    if not any(not r.excluded for r in rows):
-        return plan_report(None, "empty", Planner.over_cap, reason, scope, None, rows, {})
-    return _store_plan(
-        Planner.over_cap,
-        rows,
-        price(rows),
-        reason=reason,
-        operator=operator or default_operator(),
-        ticket=ticket,
-        scope=scope,
-    )
+    return _priced_plan(Planner.over_cap, rows, reason, operator, ticket, scope)
 
 
 def scan_over_cap() -> ScanReport:
@@ -193,17 +205,7 @@ def plan_visits(
         "to_status": to_status,
         "expand": expand,
     }
-    if not rows:
-        return plan_report(None, "empty", Planner.visit_list, reason, scope, None, rows, {})
-    return _store_plan(
-        Planner.visit_list,
-        rows,
-        price(rows),
-        reason=reason,
-        operator=operator or default_operator(),
-        ticket=ticket,
-        scope=scope,
-    )
+    return _priced_plan(Planner.visit_list, rows, reason, operator, ticket, scope)
 
 
 def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch:
@@ -271,7 +273,7 @@ def apply_batch(
             batch.state = BatchState.applied
             batch.applied_by = operator
             batch.applied_at = timezone.now()
-            batch.skipped_conflicts = [_conflict_dict(c) for c in result.skipped]
+            batch.skipped_conflicts = to_builtins(result.skipped)
             batch.save(update_fields=["state", "applied_by", "applied_at", "skipped_conflicts"])
         return RunReport(
             batch=str(batch.pk),
@@ -290,10 +292,6 @@ def apply_batch(
     report.accesses = outcomes(report.batch)
     report.pending_recomputes = sum(1 for a in report.accesses if a.state == "pending")
     return report
-
-
-def _conflict_dict(c) -> dict:
-    return to_builtins(c)
 
 
 def undo_batch(
@@ -348,7 +346,7 @@ def undo_batch(
             undo.state = BatchState.applied
             undo.applied_by = operator
             undo.applied_at = now
-            undo.skipped_conflicts = [_conflict_dict(c) for c in result.skipped]
+            undo.skipped_conflicts = to_builtins(result.skipped)
             undo.save(update_fields=["state", "applied_by", "applied_at", "skipped_conflicts"])
             original.state = BatchState.undone
             original.undone_at = now

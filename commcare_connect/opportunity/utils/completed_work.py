@@ -186,10 +186,13 @@ def update_status(
     all_child_ids = [cw_id for pairs in child_works.values() for cw_id, _ in pairs]
     counts = _visit_counts([w.pk for w in works] + all_child_ids)
     rates = _RateTable(opportunity.currency) if compute_payment else None
-    unit_amounts = dict(PaymentUnit.objects.filter(id__in=unit_ids).values_list("id", "amount"))
-    unit_org_amounts = dict(
-        PaymentUnit.objects.filter(id__in=unit_ids).values_list("id", "org_amount")
-    )
+    # Worker and organisation pay per unit, in one query.
+    unit_pay = {
+        pk: (amount, org_amount)
+        for pk, amount, org_amount in PaymentUnit.objects.filter(id__in=unit_ids).values_list(
+            "id", "amount", "org_amount"
+        )
+    }
 
     changed: list[CompletedWork] = []
     for work in works:
@@ -225,8 +228,8 @@ def update_status(
             work.saved_completed_count = completed
             work.saved_approved_count = approved
             if approved > 0 and work.status == CompletedWorkStatus.approved:
-                pay = approved * unit_amounts[pu]
-                org_pay = approved * unit_org_amounts[pu]
+                pay = approved * unit_pay[pu][0]
+                org_pay = approved * unit_pay[pu][1]
                 work.saved_payment_accrued = pay
                 work.saved_org_payment_accrued = org_pay
                 work.saved_payment_accrued_usd = rates.to_usd(pay, work.status_modified_date)
