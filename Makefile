@@ -1,5 +1,6 @@
 # Two commands matter: `make demo` (the incident, end to end) and `make test` (the suite).
-# Both build .venv from pyproject.toml when it is missing or older than pyproject.toml.
+# Both build .venv from requirements/ (pinned) and the ledger itself (editable) when it is missing
+# or older than those files.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,14 +8,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_VISITS ?= 1000000
 
-.PHONY: demo test test-psycopg2 lint format bench bench-small clean-db venv
+REQUIREMENTS := pyproject.toml requirements/standalone.txt requirements/dev.txt
+
+.PHONY: demo test test-psycopg2 lint format bench bench-small clean-db venv wheel test-wheel host-test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,12 +50,11 @@ clean-db:
 VENV2 := .venv-psycopg2
 PSYCOPG2 := psycopg2-binary==2.9.13
 
-$(VENV2)/.installed: pyproject.toml
+$(VENV2)/.installed: $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV2)
 	$(VENV2)/bin/python -m pip install --quiet --upgrade pip
-	$(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-	print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
-	if not d.startswith('psycopg')))" > $(VENV2)/requirements.txt
+	grep -hv -e '^-r' -e '^psycopg' requirements/standalone.txt requirements/dev.txt \
+		> $(VENV2)/requirements.txt
 	$(VENV2)/bin/python -m pip install --quiet -r $(VENV2)/requirements.txt "$(PSYCOPG2)"
 	$(VENV2)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
@@ -59,3 +62,25 @@ $(VENV2)/.installed: pyproject.toml
 test-psycopg2: $(VENV2)/.installed
 	$(VENV2)/bin/python -c "import importlib.util as u; assert not u.find_spec('psycopg'), 'psycopg 3 present'"
 	$(VENV2)/bin/python -m pytest tests/ledger tests/audit $(PYTEST_ARGS)
+
+# The distribution: a wheel of the ledger alone, checked for what it must and must not hold.
+wheel: $(STAMP)
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(PY) tools/check_wheel.py dist/*.whl > dist/FILES.txt
+	@echo "wheel: $$(ls dist/*.whl), $$(wc -l < dist/FILES.txt) files (dist/FILES.txt)"
+
+# Install that wheel into a fresh environment next to the stand-in (never the source tree)
+# and run the contract suite from the installed package.
+VENV3 := .venv-wheel
+test-wheel: wheel
+	rm -rf $(VENV3) build/wheel-path
+	$(PYTHON) -m venv $(VENV3)
+	$(VENV3)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV3)/bin/python -m pip install --quiet -r requirements/dev.txt dist/*.whl
+	mkdir -p build/wheel-path && ln -s $(CURDIR)/commcare_connect build/wheel-path/commcare_connect
+	cd build && PYTHONPATH=$(CURDIR)/build/wheel-path DJANGO_SETTINGS_MODULE=commcare_connect.settings \
+		../$(VENV3)/bin/python -m pytest -p no:cacheprovider --pyargs ledger.contract \
+		--rootdir=. -o addopts="" $(PYTEST_ARGS)
+	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \
+		assert 'site-packages' in ledger.__file__, ledger.__file__; print('contract ran from', ledger.__file__)"

@@ -31,12 +31,12 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from commcare_connect.opportunity.models import (
+from ledger import selectors
+from ledger.host import (
     CompletedWorkStatus,
     Opportunity,
     VisitValidationStatus,
 )
-from ledger import selectors
 from ledger.models import (
     AccrualRecompute,
     CorrectionBatch,

@@ -23,3 +23,9 @@ class ConflictError(LedgerError):
     def __init__(self, message: str, conflicts: list) -> None:
         super().__init__(message)
         self.conflicts = conflicts
+
+
+class LockBusy(LedgerError):
+    """A lock the projector needs is held by live traffic; it backs off and tries again."""
+
+    exit_code = 4

@@ -48,6 +48,8 @@ class ExclusionReason(models.TextChoices):
     rejected = "rejected", "Rejected work"
     operator = "operator_excluded", "On the operator's exclusion list"
     suspended = "suspended", "Suspended access (skipped on request)"
+    trial = "trial", "Trial visit (never flipped)"
+    already_target = "already_target", "Already has the target status"
 
 
 class RecomputeState(models.TextChoices):

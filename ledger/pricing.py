@@ -15,14 +15,11 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 from django.db.models import Sum
+from django.utils import timezone
 
-from commcare_connect.opportunity.models import (
-    CompletedWork,
-    OpportunityAccess,
-    Payment,
-    UserVisit,
-)
-from commcare_connect.opportunity.utils.completed_work import update_status
+from ledger import host
+from ledger.errors import LedgerError
+from ledger.host import CompletedWork, OpportunityAccess, Payment, UserVisit
 from ledger.models import EntityKind
 from ledger.planners.rows import PlannedRow, table
 
@@ -70,14 +67,43 @@ def _access_sums(access_ids: list[int]) -> dict[int, tuple]:
     return {r["opportunity_access_id"]: tuple(r[name] or 0 for name in _SUMS) for r in rows}
 
 
-def _write_statuses(model, pairs: list[tuple[int, str]]) -> None:
+def _write_statuses(model, pairs: list[tuple[int, str]], stamp) -> None:
+    """Write statuses as the projector will: the new status and ``status_modified_date``.
+
+    The stamp matters: the host prices approved work in USD at the rate of the day its status
+    changed.
+    """
     if not pairs:
         return
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""UPDATE {table(model)} t SET status = u.status
+            f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = %s
                 FROM unnest(%s::bigint[], %s::text[]) AS u(id, status) WHERE t.id = u.id""",
-            [[p[0] for p in pairs], [p[1] for p in pairs]],
+            [stamp, [p[0] for p in pairs], [p[1] for p in pairs]],
+        )
+
+
+def _refuse_network_rates(flips: list[PlannedRow], accesses: dict) -> None:
+    """Refuse a plan whose pricing would make the host fetch an exchange rate over the network.
+
+    Only work flipped to approved is priced at a rate (today's, as the projector stamps it).
+    """
+    opportunities = {
+        accesses[r.access_id].opportunity_id
+        for r in flips
+        if r.entity_kind == EntityKind.completed_work
+        and r.to_status == host.CompletedWorkStatus.approved
+        and r.access_id in accesses
+    }
+    if not opportunities:
+        return
+    codes = host.currency_codes(opportunities)
+    missing = host.missing_exchange_rates(codes.values(), host.today())
+    if missing:
+        raise LedgerError(
+            f"no stored exchange rate on or before {host.today()} for {', '.join(missing)}: "
+            "pricing approved work would make the host fetch one from its external rates "
+            "service; store the rate first"
         )
 
 
@@ -98,6 +124,8 @@ def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
             "opportunity", "user"
         )
     }
+    _refuse_network_rates(flips, accesses)
+    currencies = host.currency_codes({a.opportunity_id for a in accesses.values()})
     paid = dict(
         Payment.objects.filter(opportunity_access_id__in=access_ids)
         .values("opportunity_access_id")
@@ -108,15 +136,19 @@ def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
     before = _access_sums(access_ids)
 
     with transaction.atomic():
+        stamp = timezone.now()
         _write_statuses(
-            UserVisit, [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"]
+            UserVisit,
+            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"],
+            stamp,
         )
         _write_statuses(
             CompletedWork,
             [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "completed_work"],
+            stamp,
         )
         for access_id, work_ids in works_by_access.items():
-            update_status(CompletedWork.objects.filter(pk__in=work_ids), accesses[access_id], True)
+            host.simulate_update_status(accesses[access_id], work_ids)
         after = _access_sums(access_ids)
         transaction.set_rollback(True)
 
@@ -130,7 +162,7 @@ def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
             opportunity_id=access.opportunity_id,
             opportunity=str(access.opportunity.opportunity_id),
             worker=access.user.username or access.user.name or str(access.user_id),
-            currency=access.opportunity.currency,
+            currency=currencies.get(access.opportunity_id) or "",
             suspended=access.suspended,
             accrual_now=access.payment_accrued,
             works_accrued_now=b[0],

@@ -23,13 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from django.conf import settings
 from django.db import connection
-from django.utils.module_loading import import_string
 
-from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess, UserVisit
-from ledger import chain
+from ledger import chain, conf, host
 from ledger.errors import ConflictError
+from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
 from ledger.sql import CHUNK, insert_rows, table
@@ -59,11 +57,6 @@ class Projection:
     works: int = 0
     access_ids: list[int] = field(default_factory=list)
     skipped: list[Conflict] = field(default_factory=list)
-
-
-def _access_lock_hook() -> Callable[[Sequence[int]], None] | None:
-    path = getattr(settings, "LEDGER_ACCESS_LOCK", None)
-    return import_string(path) if path else None
 
 
 def _lock_rows(model, ids: list[int]) -> dict[int, tuple[str, datetime.datetime | None]]:
@@ -185,15 +178,22 @@ def project(
     reason: str,
     skip_conflicts: bool,
     projected_accruals: dict[int, int] | None = None,
+    releases: list[Callable[[], None]],
 ) -> Projection:
-    """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``."""
+    """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``.
+
+    Locks that outlive the transaction (the host's accrual locks in Redis) are handed back
+    through ``releases``: the caller calls each once its transaction has ended, whether it
+    committed or rolled back.
+    """
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", LEDGER_LOCK)
 
+    result = Projection()
     access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
-    hook = _access_lock_hook()
-    if hook is not None and access_ids:
-        hook(access_ids)
+    lock = host.access_lock()
+    if lock is not None and access_ids:
+        releases.append(lock(access_ids, conf.get("ACCESS_LOCK_WAIT")))
 
     work_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.completed_work})
     visit_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.visit})
@@ -205,7 +205,6 @@ def project(
         {(EntityKind.visit.value, pk): v for pk, v in _lock_rows(UserVisit, visit_ids).items()}
     )
 
-    result = Projection()
     conflicts = _find_conflicts(flips, current)
     if conflicts:
         if not skip_conflicts:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
-from commcare_connect.opportunity.models import Opportunity
+from django.db.models import Sum
+
+from ledger import host
 from ledger.models import EntityKind
 from ledger.planners.rows import PlannedRow
 from ledger.pricing import AccessPrice
@@ -24,22 +26,29 @@ ZERO = Decimal(0)
 
 def _exclusions(rows: list[PlannedRow]) -> list[Exclusion]:
     works: dict[str, set[int]] = defaultdict(set)
-    visits: dict[str, int] = defaultdict(int)
+    visits: dict[str, list[int]] = defaultdict(list)
     for r in rows:
         if r.excluded:
             if r.entity_kind == EntityKind.completed_work:
                 works[r.excluded].add(r.entity_id)
             else:
-                visits[r.excluded] += 1
+                visits[r.excluded].append(r.entity_id)
     return [
         Exclusion(
             reason=reason,
             works=len(works[reason]),
-            visits=visits[reason],
+            visits=len(visits[reason]),
             completed_work_ids=sorted(works[reason]),
+            visit_ids=sorted(visits[reason]),
         )
         for reason in sorted(set(works) | set(visits))
     ]
+
+
+SUSPENDED_NOTE = (
+    "Suspended accesses are recomputed like any other: their accrual follows the corrected "
+    "statuses (the host's bulk recompute skips suspended workers, which would leave it stale)."
+)
 
 
 def plan_report(
@@ -51,6 +60,7 @@ def plan_report(
     digest: str | None,
     rows: list[PlannedRow],
     prices: dict[int, AccessPrice],
+    duplicate_entries: list[str] | None = None,
 ) -> PlanReport:
     counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
@@ -116,6 +126,8 @@ def plan_report(
         accesses=accesses,
         exclusions=_exclusions(rows),
         totals=totals,
+        duplicate_entries=duplicate_entries or [],
+        notes=[SUSPENDED_NOTE] if totals.suspended_accesses else [],
     )
 
 
@@ -137,17 +149,18 @@ def scan_report(rows: list[PlannedRow]) -> ScanReport:
         [r.entity_id for r in rows if r.entity_kind == "completed_work" and not r.excluded]
     )
     opportunities = {
-        o.pk: o for o in Opportunity.objects.filter(pk__in=list(per)).only(
-            "opportunity_id", "name", "currency"
+        pk: (uuid, name, code or "")
+        for pk, uuid, name, code in host.Opportunity.objects.filter(pk__in=list(per)).values_list(
+            "pk", "opportunity_id", "name", "currency__code"
         )
-    }  # fmt: skip
+    }
     return ScanReport(
         opportunities=[
             ScanOpportunity(
                 opportunity_id=opp_id,
-                opportunity=str(opportunities[opp_id].opportunity_id),
-                name=opportunities[opp_id].name,
-                currency=opportunities[opp_id].currency,
+                opportunity=str(opportunities[opp_id][0]),
+                name=opportunities[opp_id][1],
+                currency=opportunities[opp_id][2],
                 accesses=len(s["accesses"]),
                 suspended_accesses=len(s["suspended"]),
                 works=s["works"],
@@ -162,14 +175,10 @@ def scan_report(rows: list[PlannedRow]) -> ScanReport:
 
 def _accrued_on_works(work_ids: list[int]) -> dict[int, int]:
     """What the over-cap works have accrued so far, per opportunity (a fact, not a forecast)."""
-    from django.db.models import Sum
-
-    from commcare_connect.opportunity.models import CompletedWork
-
     if not work_ids:
         return {}
     return dict(
-        CompletedWork.objects.filter(pk__in=work_ids)
+        host.CompletedWork.objects.filter(pk__in=work_ids)
         .values("opportunity_access__opportunity_id")
         .annotate(total=Sum("saved_payment_accrued"))
         .order_by()

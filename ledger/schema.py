@@ -35,10 +35,13 @@ class AccessPlan(msgspec.Struct, kw_only=True):
 
 
 class Exclusion(msgspec.Struct, kw_only=True):
+    """Entities in scope that are not flipped, by reason (``ExclusionReason`` values)."""
+
     reason: str
     works: int
     visits: int
     completed_work_ids: list[int]
+    visit_ids: list[int] = []
 
 
 class CurrencyTotals(msgspec.Struct, kw_only=True):
@@ -73,6 +76,10 @@ class PlanReport(msgspec.Struct, kw_only=True):
     accesses: list[AccessPlan]
     exclusions: list[Exclusion]
     totals: PlanTotals
+    # Entries of an id list named more than once (each is planned once).
+    duplicate_entries: list[str] = []
+    # What an operator should know about how the plan is carried out.
+    notes: list[str] = []
 
 
 class Conflict(msgspec.Struct, kw_only=True):

@@ -34,13 +34,8 @@ import msgspec
 from django.db import connection
 from django.db.models import Count, F, Q, QuerySet
 
-from commcare_connect.opportunity.models import (
-    CompletedWork,
-    Opportunity,
-    OpportunityAccess,
-    UserVisit,
-)
 from ledger.errors import LedgerError, NotFound
+from ledger.host import CompletedWork, Opportunity, OpportunityAccess, UserVisit
 from ledger.models import (
     AccrualRecompute,
     CorrectionBatch,

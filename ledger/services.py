@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import getpass
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
+from ledger import host
 from ledger.errors import LedgerError, NotFound, WrongState
 from ledger.models import (
     AccrualRecompute,
@@ -87,7 +87,7 @@ def _opportunity_ids(uuids: Iterable[str]) -> list[int]:
 def _check_work_ids(ids: Iterable[int]) -> frozenset[int]:
     ids = frozenset(ids)
     if ids:
-        known = set(CompletedWork.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        known = set(host.CompletedWork.objects.filter(pk__in=ids).values_list("pk", flat=True))
         unknown = sorted(ids - known)
         if unknown:
             shown = ", ".join(map(str, unknown[:20]))
@@ -104,12 +104,14 @@ def _store_plan(
     operator: str,
     ticket: str,
     scope: dict,
+    duplicate_entries: list[str],
 ) -> PlanReport:
     digest = plan_digest(rows)
     batch_id = uuid.uuid4()
     report = plan_report(
-        str(batch_id), BatchState.planned, planner, reason, scope, digest, rows, prices
-    )
+        str(batch_id), BatchState.planned, planner, reason, scope, digest, rows, prices,
+        duplicate_entries,
+    )  # fmt: skip
     with transaction.atomic():
         batch = CorrectionBatch.objects.create(
             id=batch_id,
@@ -136,10 +138,12 @@ def _priced_plan(
     operator: str | None,
     ticket: str,
     scope: dict,
+    duplicate_entries: list[str] | None = None,
 ) -> PlanReport:
     """Price and store the rows as a planned batch; with nothing to flip, report and store none."""
+    duplicate_entries = duplicate_entries or []
     if not any(not r.excluded for r in rows):
-        return plan_report(None, "empty", planner, reason, scope, None, rows, {})
+        return plan_report(None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries)
     return _store_plan(
         planner,
         rows,
@@ -148,6 +152,7 @@ def _priced_plan(
         operator=operator or default_operator(),
         ticket=ticket,
         scope=scope,
+        duplicate_entries=duplicate_entries,
     )
 
 
@@ -199,13 +204,15 @@ def plan_visits(
         xform_ids=xform_ids, visit_ids=visit_ids, to_status=to_status, expand=expand
     )
     rows = plan_visit_list(opts)
+    named = [str(i) for i in (xform_ids if xform_ids is not None else visit_ids or [])]
+    duplicates = sorted(entry for entry, n in Counter(named).items() if n > 1)
     scope = {
         "xform_ids": len(xform_ids or []),
         "visit_ids": len(visit_ids or []),
         "to_status": to_status,
         "expand": expand,
     }
-    return _priced_plan(Planner.visit_list, rows, reason, operator, ticket, scope)
+    return _priced_plan(Planner.visit_list, rows, reason, operator, ticket, scope, duplicates)
 
 
 def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch:
@@ -222,13 +229,21 @@ def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch
 
 
 def _with_deadlock_retry(fn):
-    """Re-run a whole transaction the database aborted to break a deadlock with live writers."""
+    """Re-run a whole transaction the database aborted to break a deadlock with live writers.
+
+    ``fn`` receives a list to which the projector adds the release of locks that outlive the
+    transaction (the host's accrual locks); they are released here once it has ended.
+    """
     for attempt in range(DEADLOCK_RETRIES):
+        releases: list = []
         try:
-            return fn()
+            return fn(releases)
         except OperationalError as error:
             if "deadlock detected" not in str(error) or attempt == DEADLOCK_RETRIES - 1:
                 raise
+        finally:
+            for release in releases:
+                release()
 
 
 def apply_batch(
@@ -240,7 +255,7 @@ def apply_batch(
     """Project a planned batch, then recompute the accruals of every access it touched."""
     operator = operator or default_operator()
 
-    def run() -> RunReport:
+    def run(releases: list) -> RunReport:
         with transaction.atomic():
             batch = _get_batch(batch_id, lock=True)
             if batch.state != BatchState.planned:
@@ -269,6 +284,7 @@ def apply_batch(
                 reason=batch.reason,
                 skip_conflicts=skip_conflicts,
                 projected_accruals=projected,
+                releases=releases,
             )
             batch.state = BatchState.applied
             batch.applied_by = operator
@@ -305,7 +321,7 @@ def undo_batch(
     reason = _require_reason(reason)
     operator = operator or default_operator()
 
-    def run() -> tuple[RunReport, CorrectionBatch]:
+    def run(releases: list) -> tuple[RunReport, CorrectionBatch]:
         with transaction.atomic():
             original = _get_batch(batch_id, lock=True)
             if original.planner == Planner.undo:
@@ -341,7 +357,9 @@ def undo_batch(
                 reverts=original,
                 scope={"reverts": str(original.pk)},
             )
-            result = project(undo, flips, reason=reason, skip_conflicts=skip_conflicts)
+            result = project(
+                undo, flips, reason=reason, skip_conflicts=skip_conflicts, releases=releases
+            )
             now = timezone.now()
             undo.state = BatchState.applied
             undo.applied_by = operator
@@ -387,14 +405,7 @@ def recompute(
     rows = list(pending.order_by("access_id", "id").values_list("id", "access_id"))
     total = len(rows)
     for done, (row_id, access_id) in enumerate(rows, start=1):
-        access = (
-            OpportunityAccess.objects.select_related("opportunity").filter(pk=access_id).first()
-        )
-        if access is not None:
-            update_payment_accrued_for_user(access, incremental=False)
-            after = access.payment_accrued
-        else:
-            after = None  # the access is gone; nothing left to recompute
+        after = host.recompute_access(access_id)  # None: the access is gone
         AccrualRecompute.objects.filter(pk=row_id, state=RecomputeState.pending).update(
             state=RecomputeState.done, accrual_after=after, done_at=timezone.now()
         )

@@ -31,7 +31,7 @@ import pgtrigger
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from commcare_connect.opportunity.models import CompletedWork, UserVisit
+from ledger.host import CompletedWork, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 
 TRUNCATE_GUARDS = (

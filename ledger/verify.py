@@ -33,9 +33,9 @@ import msgspec
 import pgtrigger
 from django.db import connection, transaction
 
-from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from ledger import chain
 from ledger.errors import LedgerError
+from ledger.host import CompletedWork, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
 
 CHECKS = ("triggers", "chain", "continuity", "drift", "recomputes", "batches")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from commcare_connect.opportunity.models import (
+from ledger.host import (
     CompletedWork,
     CompletedWorkStatus,
     Opportunity,

@@ -3,7 +3,10 @@
 A visit and its completed work are one unit — the host's recompute puts a work back to approved
 while its visits are approved — so a list that names only some of a work's visits is refused,
 naming the work and the visits missing, unless the operator asks to expand to whole works.
-Unknown ids are an error naming them; nothing is planned.
+Unknown ids are an error naming them; nothing is planned. A named visit the planner will not
+flip (a trial visit, or one that already has the target status) is kept as an excluded row
+with its reason, so the plan accounts for every id it was given. A work's access is read from
+the work itself: a visit's own ``opportunity_access`` is nullable in the host.
 """
 
 from __future__ import annotations
@@ -11,15 +14,15 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from commcare_connect.opportunity.models import (
+from ledger.errors import LedgerError
+from ledger.host import (
     CompletedWork,
     CompletedWorkStatus,
     OpportunityAccess,
     UserVisit,
     VisitValidationStatus,
 )
-from ledger.errors import LedgerError
-from ledger.models import EntityKind
+from ledger.models import EntityKind, ExclusionReason
 from ledger.planners.rows import PlannedRow, fetch, table
 
 # Visit target → the status its completed work takes with it.
@@ -77,12 +80,14 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
             FROM {table(UserVisit)} v JOIN named n ON n.id = v.id
             WHERE v.completed_work_id IS NOT NULL
         )
-        SELECT v.id, v.completed_work_id, v.opportunity_id, v.opportunity_access_id,
+        SELECT v.id, v.completed_work_id, v.opportunity_id,
+               COALESCE(w.opportunity_access_id, v.opportunity_access_id),
                v.xform_id, v.status, a.suspended, w.status, (n.id IS NOT NULL)
         FROM {table(UserVisit)} v
         LEFT JOIN named n ON n.id = v.id
         LEFT JOIN {table(CompletedWork)} w ON w.id = v.completed_work_id
-        LEFT JOIN {table(OpportunityAccess)} a ON a.id = v.opportunity_access_id
+        LEFT JOIN {table(OpportunityAccess)} a
+               ON a.id = COALESCE(w.opportunity_access_id, v.opportunity_access_id)
         WHERE n.id IS NOT NULL OR v.completed_work_id IN (SELECT id FROM works)
         ORDER BY v.completed_work_id NULLS FIRST, v.id
         """,
@@ -103,8 +108,18 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         work_status,
         is_named,
     ) in rows:
-        flippable = status != opts.to_status and status not in NEVER_FLIPPED
-        if not flippable:
+        if status in NEVER_FLIPPED or status == opts.to_status:
+            if is_named:
+                reason = (
+                    ExclusionReason.trial if status in NEVER_FLIPPED
+                    else ExclusionReason.already_target
+                )  # fmt: skip
+                planned.append(
+                    PlannedRow(
+                        EntityKind.visit.value, visit_id, work_id, opp_id, access_id, xform_id,
+                        status, opts.to_status, reason.value, bool(suspended),
+                    )
+                )  # fmt: skip
             continue
         if not is_named and not opts.expand:
             missing[work_id].append(xform_id or f"visit {visit_id}")

@@ -6,16 +6,16 @@ listed in ``settings.LEDGER_FLUSHABLE_DATABASES``, this command lifts the TRUNCA
 and nothing else — while it runs. Everywhere else it is Django's flush, refused by the ledger.
 """
 
-from django.conf import settings
 from django.core.management.commands import flush
 from django.db import connections
 
+from ledger import conf
 from ledger.testing import allow_flush
 
 
 def flushable(database: str) -> bool:
     name = connections[database].settings_dict.get("NAME") or ""
-    return name.startswith("test_") or name in getattr(settings, "LEDGER_FLUSHABLE_DATABASES", ())
+    return name.startswith("test_") or name in conf.get("FLUSHABLE_DATABASES")
 
 
 class Command(flush.Command):

@@ -1,0 +1,33 @@
+"""Django system checks for the ledger's configuration (``manage.py check``)."""
+
+from __future__ import annotations
+
+from django.core import checks
+from django.utils.module_loading import import_string
+
+from ledger import conf
+
+
+@checks.register()
+def check_access_lock(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    path = conf.get("ACCESS_LOCK")
+    if not path:
+        return [
+            checks.Warning(
+                "LEDGER_ACCESS_LOCK is not set: a host recompute running during an apply can "
+                "write back statuses it read before the flip.",
+                hint="Set it to 'ledger.locks.redis_access_lock' in CommCare Connect "
+                "(its accrual lock lives in Redis), or to your own implementation.",
+                id="ledger.W001",
+            )
+        ]
+    try:
+        import_string(path)
+    except ImportError as error:
+        return [
+            checks.Error(
+                f"LEDGER_ACCESS_LOCK = {path!r} cannot be imported: {error}",
+                id="ledger.E001",
+            )
+        ]
+    return []

@@ -1,0 +1,159 @@
+"""Fixtures of the contract suite: host rows built with model_bakery, settled by the host."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+from model_bakery import baker
+
+from ledger import host
+
+PAST = datetime.datetime(2026, 1, 5, 8, 30, tzinfo=datetime.UTC)
+RATE_DATE = datetime.date(2025, 1, 1)
+
+
+@dataclass(eq=False)
+class Unit:
+    payment_unit: object
+    required: list = field(default_factory=list)
+    optional: list = field(default_factory=list)
+
+
+class World:
+    """Builds the host rows a correction needs; every figure comes from the host's own code."""
+
+    def __init__(self) -> None:
+        self._n = itertools.count(1)
+
+    def _tag(self) -> str:
+        return f"contract-{uuid.uuid4().hex[:8]}-{next(self._n)}"
+
+    def currency(self, code: str, rate: Decimal | None = None):
+        currency, _ = host.Currency.objects.get_or_create(code=code, defaults={"name": code})
+        if rate is not None:
+            host.ExchangeRate.objects.get_or_create(
+                currency_code=code, rate_date=RATE_DATE, defaults={"rate": rate}
+            )
+        return currency
+
+    def opportunity(self, code: str = "USD", rate: Decimal | None = None):
+        return baker.make(
+            host.Opportunity,
+            currency=self.currency(code, rate),
+            auto_approve_visits=True,
+            auto_approve_payments=True,
+            managed=False,
+            active=True,
+            is_test=False,
+        )
+
+    def unit(self, opportunity, *, amount: int = 100, org_amount: int = 20, forms: int = 1):
+        pu = baker.make(
+            host.PaymentUnit,
+            opportunity=opportunity,
+            amount=amount,
+            org_amount=org_amount,
+            max_total=1000,
+            max_daily=1000,
+            parent_payment_unit=None,
+            start_date=None,
+            end_date=None,
+        )
+        unit = Unit(pu)
+        for _ in range(forms):
+            unit.required.append(
+                baker.make(host.DeliverUnit, payment_unit=pu, optional=False, slug=self._tag())
+            )
+        return unit
+
+    def access(self, opportunity, caps: dict[Unit, int], *, suspended: bool = False):
+        access = baker.make(
+            host.OpportunityAccess,
+            opportunity=opportunity,
+            suspended=suspended,
+            accepted=True,
+            payment_accrued=0,
+        )
+        claim = baker.make(
+            host.OpportunityClaim,
+            opportunity_access=access,
+            end_date=datetime.date(2030, 1, 1),
+        )
+        for unit, cap in caps.items():
+            baker.make(
+                host.OpportunityClaimLimit,
+                opportunity_claim=claim,
+                payment_unit=unit.payment_unit,
+                max_visits=cap,
+                end_date=None,
+            )
+        return access
+
+    def work(
+        self,
+        access,
+        unit: Unit,
+        *,
+        visit_status: str = "approved",
+        review_status: str = "agree",
+        forms: list | None = None,
+        **fields,
+    ):
+        """A completed work with one visit per form; its figures are set by :meth:`settle`."""
+        entity = self._tag()
+        work = baker.make(
+            host.CompletedWork,
+            opportunity_access=access,
+            payment_unit=unit.payment_unit,
+            entity_id=entity,
+            status=host.CompletedWorkStatus.approved,
+            status_modified_date=PAST,
+            payment_date=None,
+            invoice=None,
+            **fields,
+        )
+        for form in unit.required if forms is None else forms:
+            self.visit(work, form, status=visit_status, review_status=review_status)
+        return work
+
+    def visit(self, work, form, *, status: str = "approved", review_status: str = "agree"):
+        access = work.opportunity_access
+        return baker.make(
+            host.UserVisit,
+            opportunity=access.opportunity,
+            user=access.user,
+            opportunity_access=access,
+            deliver_unit=form,
+            completed_work=work,
+            entity_id=work.entity_id,
+            xform_id=self._tag(),
+            status=status,
+            review_status=review_status,
+            visit_date=PAST,
+            status_modified_date=PAST,
+            flagged=False,
+            form_json={},
+        )
+
+    def settle(self, *accesses) -> None:
+        """Let the host's own recompute set every saved figure and accrual."""
+        for access in accesses:
+            host.recompute_access(access.pk)
+            access.refresh_from_db()
+
+
+@pytest.fixture
+def world(transactional_db) -> World:
+    return World()
+
+
+@pytest.fixture
+def corrections():
+    from ledger.testing import run_corrections
+
+    return run_corrections

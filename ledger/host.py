@@ -1,0 +1,135 @@
+"""The ledger's one door to the host (CommCare Connect).
+
+Every model, enum and function of the host that the ledger reads, writes or calls is named
+here and nowhere else, so a change in the host is fixed in this module. The names exist in the
+host at ``commcare_connect.opportunity`` (checked against commit 8f79228b; see
+``docs/host-fidelity.md``). Two host facts shape the accessors below:
+
+* ``Opportunity.currency`` is a foreign key to ``Currency`` (whose primary key is the ISO code),
+  not a code: read codes with :func:`currency_codes`, never ``str(opportunity.currency)``.
+* The host's ``update_status`` assigns ``payment_accrued`` on the access object it is given and
+  saves it. Callers that keep using the object afterwards (pricing) pass a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from commcare_connect.opportunity.models import (
+    CompletedWork,
+    CompletedWorkStatus,
+    Currency,
+    DeliverUnit,
+    ExchangeRate,
+    Opportunity,
+    OpportunityAccess,
+    OpportunityClaim,
+    OpportunityClaimLimit,
+    Payment,
+    PaymentInvoice,
+    PaymentUnit,
+    UserVisit,
+    VisitReviewStatus,
+    VisitValidationStatus,
+)
+from commcare_connect.opportunity.utils.completed_work import update_status
+from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
+from ledger import conf
+
+__all__ = [
+    "CompletedWork",
+    "CompletedWorkStatus",
+    "Currency",
+    "DeliverUnit",
+    "ExchangeRate",
+    "Opportunity",
+    "OpportunityAccess",
+    "OpportunityClaim",
+    "OpportunityClaimLimit",
+    "Payment",
+    "PaymentInvoice",
+    "PaymentUnit",
+    "UserVisit",
+    "VisitReviewStatus",
+    "VisitValidationStatus",
+    "access_lock",
+    "currency_codes",
+    "missing_exchange_rates",
+    "recompute_access",
+    "simulate_update_status",
+]
+
+USD = "USD"
+
+
+def currency_codes(opportunity_ids: Iterable[int]) -> dict[int, str | None]:
+    """Each opportunity's ISO currency code (``None`` where the host has no currency set)."""
+    return dict(
+        Opportunity.objects.filter(pk__in=list(opportunity_ids)).values_list("pk", "currency__code")
+    )
+
+
+def missing_exchange_rates(codes: Iterable[str | None], on: datetime.date) -> list[str]:
+    """Codes the host's ``get_exchange_rate`` could not price from stored rates on ``on``.
+
+    The host fetches a missing rate from an external rates service, over the network, in the
+    middle of its recompute; a dry run must not do that behind the operator's back. ``None``
+    (an opportunity without a currency) makes the host raise, so it is reported too.
+    """
+    wanted = {c.upper() if c else None for c in codes} - {USD}
+    stored = set(
+        ExchangeRate.objects.filter(
+            currency_code__in=[c for c in wanted if c], rate_date__lte=on
+        ).values_list("currency_code", flat=True)
+    )
+    return sorted((c or "(none)") for c in wanted if c not in stored)
+
+
+def simulate_update_status(access: OpportunityAccess, work_ids: Sequence[int]) -> int:
+    """Run the host's ``update_status`` on some works of ``access``; return the new accrual.
+
+    Meant for a transaction the caller rolls back. The host assigns and saves
+    ``payment_accrued`` on the object it is given, so it gets a copy: the caller's object
+    keeps the accrual as it is now.
+    """
+    scratch = copy.copy(access)
+    works = CompletedWork.objects.filter(pk__in=list(work_ids)).select_related("payment_unit")
+    update_status(works, scratch, compute_payment=True)
+    return scratch.payment_accrued
+
+
+def recompute_access(access_id: int) -> int | None:
+    """The host's full recompute of one access; its new ``payment_accrued`` (None: no access).
+
+    ``incremental=False`` because the incremental mode skips works accrued before and since
+    corrected, which is exactly what a correction changes.
+    """
+    access = OpportunityAccess.objects.select_related("opportunity").filter(pk=access_id).first()
+    if access is None:
+        return None
+    update_payment_accrued_for_user(access, incremental=False)
+    return access.payment_accrued
+
+
+Release = Callable[[], None]
+
+
+def access_lock() -> Callable[[Sequence[int], float], Release] | None:
+    """The configured ``LEDGER_ACCESS_LOCK`` implementation, or None when none is set.
+
+    The callable takes the sorted access ids and a bounded wait in seconds, holds the host's
+    accrual lock of every access, and returns the function that releases them; when it cannot
+    take them all within the wait it releases what it took and raises
+    :class:`ledger.errors.LockBusy`. See :mod:`ledger.locks`.
+    """
+    path = conf.get("ACCESS_LOCK")
+    return import_string(path) if path else None
+
+
+def today() -> datetime.date:
+    return timezone.now().date()
