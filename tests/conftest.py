@@ -17,6 +17,7 @@ import pytest
 from django.db import connection
 from django.test.utils import override_settings
 
+from commcare_connect.demo import host_rows
 from commcare_connect.form_receiver.processor import process_deliver_unit
 from commcare_connect.opportunity.models import (
     CompletedWork,
@@ -36,6 +37,8 @@ from commcare_connect.organization.models import Organization
 from commcare_connect.users.models import User
 
 T0 = datetime.datetime(2026, 3, 2, 9, 0, tzinfo=datetime.UTC)
+# The processor compares claim end dates with the real today: claims stay open by default.
+CLAIM_END = datetime.date(2099, 12, 31)
 
 
 @dataclass(eq=False)  # hashable by identity, so it can key a dict of caps
@@ -66,16 +69,23 @@ class HostFactory:
         return f"{self._token}-{next(self._n)}"
 
     def organization(self) -> Organization:
-        n = self._next()
-        return Organization.objects.create(name=f"Org {n}", slug=f"org-{n}")
+        return Organization.objects.create(name=f"Org {self._next()}")
 
     def opportunity(
-        self, *, currency: str = "USD", duplicate_flag: bool = False, **fields
+        self, *, currency: str | None = "USD", duplicate_flag: bool = False, **fields
     ) -> Opportunity:
+        """An opportunity (with its program and verification flags) in ``currency``.
+
+        ``currency`` is an ISO code, its ``Currency`` row created when missing, or None.
+        """
         fields.setdefault("organization", self.organization())
         fields.setdefault("name", f"Opportunity {self._next()}")
+        fields.setdefault("description", "")
         fields.setdefault("is_test", False)
-        opp = Opportunity.objects.create(currency=currency, **fields)
+        fields.setdefault(
+            "program", host_rows.program(fields["organization"], f"Program {self._next()}")
+        )
+        opp = Opportunity.objects.create(currency=host_rows.currency(currency), **fields)
         OpportunityVerificationFlags.objects.create(opportunity=opp, duplicate=duplicate_flag)
         return opp
 
@@ -90,6 +100,9 @@ class HostFactory:
         parent: Unit | None = None,
         **fields,
     ) -> Unit:
+        fields.setdefault("description", "")
+        fields.setdefault("max_total", 100)
+        fields.setdefault("max_daily", 100)
         pu = PaymentUnit.objects.create(
             opportunity=opportunity,
             name=fields.pop("name", f"Unit {self._next()}"),
@@ -116,6 +129,7 @@ class HostFactory:
         caps: dict[Unit, int] | None = None,
         suspended: bool = False,
         user: User | None = None,
+        claim_end: datetime.date = CLAIM_END,
     ) -> OpportunityAccess:
         """A worker's access; ``caps`` maps units to ``max_visits`` of its claim limits."""
         user = user or User.objects.create(username=f"worker-{self._next()}")
@@ -123,7 +137,7 @@ class HostFactory:
             user=user, opportunity=opportunity, accepted=True, suspended=suspended
         )
         if caps:
-            claim = OpportunityClaim.objects.create(opportunity_access=access)
+            claim = OpportunityClaim.objects.create(opportunity_access=access, end_date=claim_end)
             for unit, cap in caps.items():
                 OpportunityClaimLimit.objects.create(
                     opportunity_claim=claim, payment_unit=unit.payment_unit, max_visits=cap
@@ -142,7 +156,11 @@ class HostFactory:
         review_status: str = VisitReviewStatus.agree,
         **fields,
     ) -> CompletedWork:
-        """A completed work with one visit per form in ``visits`` (all of the same status)."""
+        """A completed work with one visit per form in ``visits`` (all of the same status).
+
+        ``date_created`` (auto_now_add in the host) may be given; it is written after the insert.
+        """
+        date_created = fields.pop("date_created", None)
         work = CompletedWork.objects.create(
             opportunity_access=access,
             payment_unit=unit.payment_unit,
@@ -150,6 +168,9 @@ class HostFactory:
             status=status,
             **fields,
         )
+        if date_created is not None:
+            CompletedWork.objects.filter(pk=work.pk).update(date_created=date_created)
+            work.date_created = date_created
         for du in visits:
             self.visit(work, du, status=visit_status, review_status=review_status)
         return work
@@ -166,7 +187,9 @@ class HostFactory:
         access = work.opportunity_access
         fields.setdefault("visit_date", T0)
         fields.setdefault("status_modified_date", T0)
-        return UserVisit.objects.create(
+        fields.setdefault("form_json", {})
+        date_created = fields.pop("date_created", None)
+        visit = UserVisit.objects.create(
             opportunity_id=access.opportunity_id,
             user_id=access.user_id,
             opportunity_access=access,
@@ -178,6 +201,10 @@ class HostFactory:
             completed_work=work,
             **fields,
         )
+        if date_created is not None:
+            UserVisit.objects.filter(pk=visit.pk).update(date_created=date_created)
+            visit.date_created = date_created
+        return visit
 
     def approved_work(self, access: OpportunityAccess, unit: Unit, **fields) -> CompletedWork:
         """A work with an approved, agreed visit for every required and the first optional form."""
@@ -192,7 +219,10 @@ class HostFactory:
         bug: bool = False,
         at: datetime.datetime = T0,
     ) -> list[UserVisit]:
-        """Submit every form of ``unit`` for one entity through the host's processor."""
+        """Submit every form of ``unit`` for one entity through the host's processor.
+
+        The processor reads the access afresh; refresh ``access`` to see its new accrual.
+        """
         with override_settings(CCC_REPRODUCE_DUPLICATE_FLAG_BUG=bug):
             return [
                 process_deliver_unit(

@@ -23,6 +23,7 @@ from django.db.models import Sum
 from django.test.utils import override_settings
 from django.utils import timezone
 
+from commcare_connect.demo import host_rows
 from commcare_connect.demo.situation import CapRow, over_cap_situation
 from commcare_connect.form_receiver.processor import process_deliver_unit
 from commcare_connect.opportunity.models import (
@@ -41,7 +42,10 @@ from commcare_connect.opportunity.models import (
     VisitReviewStatus,
     VisitValidationStatus,
 )
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
+from commcare_connect.opportunity.visit_import import (
+    get_exchange_rate,
+    update_payment_accrued_for_user,
+)
 from commcare_connect.organization.models import Organization
 from commcare_connect.users.models import User
 
@@ -54,6 +58,10 @@ KES_RATE = Decimal("129.5")
 SUBMISSIONS_START = datetime.datetime(2026, 3, 2, 8, 0, tzinfo=datetime.UTC)
 # The one default ``date_created`` back-filled on old rows; works sharing it tie on the date.
 SHARED_DEFAULT = datetime.datetime(2026, 3, 1, 0, 0, tzinfo=datetime.UTC)
+# The processor compares the claim's end date with the real today: keep every claim open.
+CLAIM_END = datetime.date(2099, 12, 31)
+# One entity a day per worker, so the daily limit never applies.
+MAX_DAILY = 5
 
 
 @dataclass
@@ -115,19 +123,28 @@ def _opportunity(
 ) -> OpportunitySetup:
     opp = Opportunity.objects.create(
         organization=org,
+        program=host_rows.program(org, f"{name} program", currency, budget=amount * 100),
         name=name,
+        description=f"{name}: household visits",
         active=True,
         is_test=False,
-        currency=currency,
+        currency=host_rows.currency(currency),
         auto_approve_visits=True,
         auto_approve_payments=True,
         start_date=SUBMISSIONS_START.date() - datetime.timedelta(days=14),
+        end_date=CLAIM_END,
         total_budget=amount * 100,
     )
     # ``duplicate`` off is what let the bug through.
     OpportunityVerificationFlags.objects.create(opportunity=opp, duplicate=False)
     pu = PaymentUnit.objects.create(
-        opportunity=opp, name="Household visit", amount=amount, org_amount=org_amount
+        opportunity=opp,
+        name="Household visit",
+        description="A registration and a service form per household",
+        amount=amount,
+        org_amount=org_amount,
+        max_total=cap,
+        max_daily=MAX_DAILY,
     )
     registration = DeliverUnit.objects.create(
         payment_unit=pu, slug=f"registration-{tag}", name="Household registration"
@@ -143,7 +160,7 @@ def _join(setup: OpportunitySetup, username: str) -> OpportunityAccess:
     access = OpportunityAccess.objects.create(
         user=user, opportunity=setup.opportunity, accepted=True
     )
-    claim = OpportunityClaim.objects.create(opportunity_access=access)
+    claim = OpportunityClaim.objects.create(opportunity_access=access, end_date=CLAIM_END)
     OpportunityClaimLimit.objects.create(
         opportunity_claim=claim, payment_unit=setup.payment_unit, max_visits=setup.cap
     )
@@ -223,7 +240,7 @@ def _pay_and_invoice(
         status="paid",
     )
     works.update(payment_date=paid_at, invoice=invoice)
-    rate = ExchangeRate.latest_exchange_rate(setup.opportunity.currency, paid_at.date()) or 1
+    rate = get_exchange_rate(setup.opportunity.currency_code, paid_at.date())
     amount = Decimal(sums["pay"] or 0)
     payment = Payment.objects.create(
         opportunity_access=access,
@@ -235,11 +252,14 @@ def _pay_and_invoice(
 
 
 def _add_trial_visit(setup: OpportunitySetup, access: OpportunityAccess, work_id: int) -> int:
-    """A trial visit on an over-cap work.
+    """A trial visit on an over-cap work, written directly.
 
-    Trial marking happens outside the form processor in the host (a trial period set on the
-    opportunity), so it is written directly. It sits on an over-cap work because a correction
-    must leave trial visits untouched while flipping their work.
+    The host's processor gives a trial visit (one submitted before the opportunity or its
+    payment unit starts) no completed work at all; a trial visit sits on a work when a program
+    manager's visit-status import sets an existing visit to ``trial`` (the import accepts any
+    status and leaves the visit's work as it is). That is the case modelled here: it sits on an
+    over-cap work because a correction must leave trial visits untouched while flipping their
+    work.
     """
     work = CompletedWork.objects.get(pk=work_id)
     visit = UserVisit.objects.create(
@@ -251,6 +271,7 @@ def _add_trial_visit(setup: OpportunitySetup, access: OpportunityAccess, work_id
         entity_name=work.entity_name,
         xform_id=str(uuid.uuid4()),
         visit_date=work.date_created,
+        form_json={},
         status=VisitValidationStatus.trial,
         review_status=VisitReviewStatus.pending,
         completed_work=work,
@@ -269,7 +290,7 @@ def build_incident(stdout: TextIO | None = None) -> IncidentData:
     suspended afterwards, w5 one over with every work already paid and invoiced.
     """
     suffix = secrets.token_hex(3)
-    org = Organization.objects.create(name=f"Incident NGO {suffix}", slug=f"incident-ngo-{suffix}")
+    org = Organization.objects.create(name=f"Incident NGO {suffix}")
     a = _opportunity(org, f"Incident A {suffix}", "USD", 500, 100, CAP_A, f"a-{suffix}")
     b = _opportunity(org, f"Incident B {suffix}", "KES", 6500, 1300, CAP_B, f"b-{suffix}")
     today = timezone.now().date()
@@ -340,7 +361,7 @@ def describe(data: IncidentData, stdout: TextIO) -> None:
     """Per opportunity, then per access: worker, suspended, works, over-cap works, accrual."""
     rows = {row.access_id: row for row in over_cap_situation(data.opportunity_ids)}
     for opp in (data.opportunity_a, data.opportunity_b):
-        stdout.write(f"{opp.name}  uuid={opp.opportunity_id}  currency={opp.currency}\n")
+        stdout.write(f"{opp.name}  uuid={opp.opportunity_id}  currency={opp.currency_code}\n")
         for key, access in data.accesses.items():
             if access.opportunity_id != opp.pk:
                 continue

@@ -33,8 +33,8 @@ def show_over_cap(data: IncidentData, stdout: TextIO) -> dict[int, dict[str, int
         stdout.write(
             f"{opp.name}: {opp_totals.get('works', 0)} works over the cap across "
             f"{opp_totals.get('accesses', 0)} accesses; worker accrual "
-            f"{opp_totals.get('accrued', 0)} {opp.currency}, org accrual "
-            f"{opp_totals.get('org_accrued', 0)} {opp.currency}\n"
+            f"{opp_totals.get('accrued', 0)} {opp.currency_code}, org accrual "
+            f"{opp_totals.get('org_accrued', 0)} {opp.currency_code}\n"
         )
     return totals
 

@@ -30,6 +30,8 @@ from typing import TextIO
 
 from django.db import connection, transaction
 
+from commcare_connect.demo.host_rows import CURRENCY_NAMES, delivery_type
+
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 DAY = 86400
 # Submissions fall inside the duplicate-flag bug's lifetime.
@@ -49,17 +51,40 @@ RATE_MONTHS = 30  # monthly rates from WINDOW_START - 1 month on
 CENT = Decimal("0.01")
 NULL = "\\N"  # COPY text format
 UUID_NAMESPACE = uuid.UUID("5b0a3f63-8a76-4a0f-9a34-6f1c3d1f3b8e")
+SEEDER = "seed_synthetic"  # created_by / modified_by of the rows that have them
+CLAIM_END = "2099-12-31"  # claims stay open (the processor compares them with today)
+# Per table, the first group of the UUID columns derived from row ids (see _row_uuid).
+UUID_TAGS = {"program": 1, "pu": 2, "access": 3, "invoice": 4, "visit": 5, "payment": 6}
 
 # Table, key, columns written (nullable columns left out stay NULL), upper bound of rows as a
 # function of (visits, opportunities): used to reserve id ranges before writing.
 TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
-    ("organization_organization", "org", ("id", "name", "slug", "date_created"), lambda n, k: k),
+    (
+        "organization_organization",
+        "org",
+        (
+            "id", "created_by", "modified_by", "date_created", "date_modified", "name", "slug",
+            "program_manager", "funder", "has_used_connect", "regions", "website",
+            "office_address", "contact_emails", "eoi_links", "notes", "verified",
+        ),
+        lambda n, k: k,
+    ),
+    (
+        "program_program",
+        "program",
+        (
+            "id", "created_by", "modified_by", "date_created", "date_modified", "program_id",
+            "name", "slug", "description", "budget", "start_date", "end_date",
+            "delivery_type_id", "organization_id",
+        ),
+        lambda n, k: k,
+    ),
     (
         "users_user",
         "user",
         (
-            "id", "password", "is_superuser", "first_name", "last_name", "email", "is_staff",
-            "is_active", "date_joined", "user_id", "name", "username",
+            "id", "password", "is_superuser", "is_staff", "is_active", "date_joined", "user_id",
+            "name", "username",
         ),
         lambda n, k: n,
     ),
@@ -67,22 +92,27 @@ TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
         "opportunity_opportunity",
         "opp",
         (
-            "id", "date_created", "date_modified", "opportunity_id", "name", "description",
-            "active", "is_test", "managed", "auto_approve_visits", "auto_approve_payments",
-            "start_date", "total_budget", "currency", "organization_id",
+            "id", "created_by", "modified_by", "date_created", "date_modified", "opportunity_id",
+            "name", "description", "active", "start_date", "total_budget", "auto_approve_visits",
+            "auto_approve_payments", "automatic_visit_verification", "is_test", "archived",
+            "managed", "currency_id", "organization_id", "program_id",
+            "supervising_organization_id",
         ),
         lambda n, k: k,
     ),
     (
         "opportunity_opportunityverificationflags",
         "flags",
-        ("id", "duplicate", "gps", "location", "opportunity_id"),
+        ("id", "duration", "gps", "duplicate", "location", "catchment_areas", "opportunity_id"),
         lambda n, k: k,
     ),
     (
         "opportunity_paymentunit",
         "pu",
-        ("id", "name", "description", "amount", "org_amount", "opportunity_id"),
+        (
+            "id", "payment_unit_id", "amount", "org_amount", "name", "description", "max_total",
+            "max_daily", "opportunity_id",
+        ),
         lambda n, k: 3 * k,
     ),
     (
@@ -95,16 +125,16 @@ TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
         "opportunity_opportunityaccess",
         "access",
         (
-            "id", "date_created", "date_modified", "date_learn_started", "accepted",
+            "id", "opportunity_access_id", "date_learn_started", "accepted", "invite_id",
             "payment_accrued", "suspended", "suspension_date", "suspension_reason",
-            "last_active", "opportunity_id", "user_id",
+            "invited_date", "last_active", "opportunity_id", "user_id",
         ),
         lambda n, k: n,
     ),
     (
         "opportunity_opportunityclaim",
         "claim",
-        ("id", "date_claimed", "opportunity_access_id"),
+        ("id", "end_date", "date_claimed", "opportunity_access_id"),
         lambda n, k: n,
     ),
     (
@@ -116,7 +146,10 @@ TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
     (
         "opportunity_paymentinvoice",
         "invoice",
-        ("id", "amount", "date", "invoice_number", "status", "opportunity_id"),
+        (
+            "id", "payment_invoice_id", "amount", "date", "invoice_number", "service_delivery",
+            "status", "opportunity_id",
+        ),
         lambda n, k: k,
     ),
     (
@@ -135,10 +168,11 @@ TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
         "opportunity_uservisit",
         "visit",
         (
-            "id", "date_created", "date_modified", "entity_id", "entity_name", "visit_date",
-            "status", "form_json", "xform_id", "flagged", "status_modified_date",
-            "review_status", "review_created_on", "completed_work_id", "deliver_unit_id",
-            "opportunity_id", "opportunity_access_id", "user_id",
+            "id", "xform_id", "user_visit_id", "entity_id", "entity_name", "visit_date",
+            "status", "form_json", "flagged", "status_modified_date", "review_status",
+            "review_status_modified_date", "review_created_on", "date_created",
+            "completed_work_id", "deliver_unit_id", "opportunity_id", "opportunity_access_id",
+            "user_id",
         ),
         lambda n, k: n,
     ),
@@ -146,8 +180,8 @@ TABLES: list[tuple[str, str, tuple[str, ...], Callable[[int, int], int]]] = [
         "opportunity_payment",
         "payment",
         (
-            "id", "amount", "amount_usd", "date_paid", "opportunity_access_id",
-            "organization_id", "invoice_id",
+            "id", "payment_id", "created_at", "amount", "amount_usd", "date_paid", "confirmed",
+            "opportunity_access_id", "organization_id", "invoice_id",
         ),
         lambda n, k: n + k,
     ),
@@ -247,6 +281,14 @@ class _Chunk:
         self.rows[key] = self.rows.get(key, 0) + 1
 
 
+def _row_uuid(table: str, pk: int) -> str:
+    """A UUID-shaped value unique per (table, id), cheap to make for millions of rows."""
+    return f"5eed{UUID_TAGS[table]:04x}-0000-4000-8000-{pk:012x}"
+
+
+VISIT_UUID = _row_uuid("visit", 0)[:-12]  # the prefix, inlined in the hot loop
+
+
 def _hex_id(rng: random.Random, unique: int) -> str:
     """A UUID-shaped id: 80 random bits from the seed, 48 bits from a unique row id."""
     h = f"{rng.getrandbits(80):020x}{unique & 0xFFFFFFFFFFFF:012x}"
@@ -256,7 +298,7 @@ def _hex_id(rng: random.Random, unique: int) -> str:
 class _Generator:
     """Produces the rows of one opportunity at a time into a :class:`_Chunk`."""
 
-    def __init__(self, seed: int, ids: _Ids, rates: _Rates) -> None:
+    def __init__(self, seed: int, ids: _Ids, rates: _Rates, delivery_type_id: int) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = ids
@@ -266,15 +308,32 @@ class _Generator:
         self.access_counter = 0
         self.over_offset = self.rng.randrange(OVER_CAP_EVERY)
         self.org_id = 0
+        self.program_id = 0
+        self.delivery_type_id = delivery_type_id
         self.result = SyntheticResult(seed=seed)
 
     # -- structure -------------------------------------------------------------------------
 
     def _organization(self, chunk: _Chunk, index: int) -> None:
+        """An organization and its program (every opportunity needs one in the host)."""
         org_id = self.ids.take("org")
         created = self.clock.ts(self.window_day * DAY - 90 * DAY)
-        chunk.add("org", f"{org_id}\tSynthetic NGO {index}\tsyn-org-{org_id}\t{created}\n")
+        chunk.add(
+            "org",
+            f"{org_id}\t{SEEDER}\t{SEEDER}\t{created}\t{created}\tSynthetic NGO {index}\t"
+            f"syn-org-{org_id}\tf\tf\tt\t\t\t\t\t\t\tt\n",
+        )
+        program_id = self.ids.take("program")
+        chunk.add(
+            "program",
+            f"{program_id}\t{SEEDER}\t{SEEDER}\t{created}\t{created}\t"
+            f"{_row_uuid('program', program_id)}\tSynthetic program {index}\t"
+            f"syn-program-{program_id}\tSynthetic program {index}\t0\t"
+            f"{self.clock.day(self.window_day - 90)}\t{CLAIM_END}\t{self.delivery_type_id}\t"
+            f"{org_id}\n",
+        )
         self.org_id = org_id
+        self.program_id = program_id
 
     def opportunity(self, chunk: _Chunk, index: int, visit_budget: int) -> None:
         rng = self.rng
@@ -288,19 +347,24 @@ class _Generator:
         opp_uuid = uuid.uuid5(UUID_NAMESPACE, f"{self.seed}:{opp_id}")
         chunk.add(
             "opp",
-            f"{opp_id}\t{created}\t{created}\t{opp_uuid}\tSynthetic {self.seed}-{index}\t\t"
-            f"t\tf\tf\tt\tt\t{self.clock.day(start_day)}\t{visit_budget * 50 * factor}\t"
-            f"{currency}\t{self.org_id}\n",
+            f"{opp_id}\t{SEEDER}\t{SEEDER}\t{created}\t{created}\t{opp_uuid}\t"
+            f"Synthetic {self.seed}-{index}\t\tt\t{self.clock.day(start_day)}\t"
+            f"{visit_budget * 50 * factor}\tt\tt\tf\tf\tf\tf\t{currency}\t{self.org_id}\t"
+            f"{self.program_id}\t{self.org_id}\n",
         )
         duplicate = "t" if rng.random() < 0.2 else "f"
-        chunk.add("flags", f"{self.ids.take('flags')}\t{duplicate}\tf\t0\t{opp_id}\n")
+        chunk.add("flags", f"{self.ids.take('flags')}\t1\tf\t{duplicate}\t0\tf\t{opp_id}\n")
 
         units = []
         for j in range(rng.randint(1, 3)):
             pu_id = self.ids.take("pu")
             amount = rng.choice((1, 2, 3, 5, 8, 10, 15)) * factor
             org_amount = amount // 5
-            chunk.add("pu", f"{pu_id}\tUnit {j + 1}\t\t{amount}\t{org_amount}\t{opp_id}\n")
+            chunk.add(
+                "pu",
+                f"{pu_id}\t{_row_uuid('pu', pu_id)}\t{amount}\t{org_amount}\tUnit {j + 1}\t\t"
+                f"30\t10\t{opp_id}\n",
+            )
             required, optional = [], []
             for k in range(rng.randint(1, 3)):
                 du_id = self.ids.take("du")
@@ -324,13 +388,16 @@ class _Generator:
             )  # fmt: skip
         chunk.add(
             "invoice",
-            f"{invoice_id}\t{state['invoice_org_total']}.00\t{self.clock.day(invoice_day)}\t"
-            f"SYN-{opp_id}-1\tpaid\t{opp_id}\n",
+            f"{invoice_id}\t{_row_uuid('invoice', invoice_id)}\t{state['invoice_org_total']}.00\t"
+            f"{self.clock.day(invoice_day)}\tSYN-{opp_id}-1\tt\tpaid\t{opp_id}\n",
         )
+        payment_id = self.ids.take("payment")
+        paid_at = self.clock.ts(invoice_day * DAY + 12 * 3600)
         chunk.add(
             "payment",
-            f"{self.ids.take('payment')}\t{state['invoice_org_total']}.00\t\\N\t"
-            f"{self.clock.ts(invoice_day * DAY + 12 * 3600)}\t\\N\t{self.org_id}\t{invoice_id}\n",
+            f"{payment_id}\t{_row_uuid('payment', payment_id)}\t{paid_at}\t"
+            f"{state['invoice_org_total']}.00\t\\N\t{paid_at}\tt\t\\N\t{self.org_id}\t"
+            f"{invoice_id}\n",
         )
         self.result.opportunities += 1
         self.result.opportunity_ids.append(opp_id)
@@ -367,11 +434,11 @@ class _Generator:
         joined = clock.ts(joined_day * DAY + 9 * 3600)
         chunk.add(
             "user",
-            f"{user_id}\t!\tf\t\t\t\tf\tt\t{joined}\t{_hex_id(rng, user_id)}\t"
+            f"{user_id}\t!\tf\tf\tt\t{joined}\t{_hex_id(rng, user_id)}\t"
             f"Worker {user_id}\tsyn-{self.seed}-{user_id}\n",
         )
         claim_id = self.ids.take("claim")
-        chunk.add("claim", f"{claim_id}\t{clock.day(joined_day)}\t{access_id}\n")
+        chunk.add("claim", f"{claim_id}\t{CLAIM_END}\t{clock.day(joined_day)}\t{access_id}\n")
         caps = [rng.randint(5, 30) for _ in units]
         for (pu_id, *_), cap in zip(units, caps, strict=True):
             chunk.add("limit", f"{self.ids.take('limit')}\t{cap}\t{claim_id}\t{pu_id}\n")
@@ -410,24 +477,26 @@ class _Generator:
                     visit_id = self.ids.take("visit")
                     chunk.add(
                         "visit",
-                        f"{visit_id}\t{received}\t{received}\t{entity_id}\t"
-                        f"{entity_name}\t{clock.ts(ts)}\tapproved\t{{}}\t"
-                        f"{_hex_id(rng, visit_id)}\tf\t{received}\tagree\t"
-                        f"{received}\t{work_id}\t{du_id}\t{opp_id}\t{access_id}\t{user_id}\n",
+                        f"{visit_id}\t{_hex_id(rng, visit_id)}\t{VISIT_UUID}{visit_id:012x}\t"
+                        f"{entity_id}\t{entity_name}\t{clock.ts(ts)}\tapproved\t{{}}\tf\t"
+                        f"{received}\tagree\t{received}\t{received}\t{received}\t{work_id}\t"
+                        f"{du_id}\t{opp_id}\t{access_id}\t{user_id}\n",
                     )
                 used += len(forms)
                 # The host's count: min over required forms, capped by the optional total.
                 units_done = 1 if complete else 0
                 if optional:
                     units_done = min(units_done, sum(1 for du in forms if du in optional))
-                status = "approved" if complete else "pending"
+                # Approved: every required form, and one optional form when there are some.
+                approved = complete and (not optional or any(du in optional for du in forms))
+                status = "approved" if approved else "pending"
                 modified_ts = ts + 300
                 pay = org_pay = 0
                 if units_done and complete:
                     pay, org_pay = amount * units_done, org_amount * units_done
                 pay_usd = self.rates.usd(currency, pay, modified_ts)
                 org_usd = self.rates.usd(currency, org_pay, modified_ts)
-                is_paid = paid and complete and day < invoice_day
+                is_paid = paid and approved and day < invoice_day
                 payment_date = clock.ts(invoice_day * DAY + 12 * 3600) if is_paid else NULL
                 if is_paid:
                     paid_total += pay
@@ -451,18 +520,20 @@ class _Generator:
         suspension = (
             f"t\t{clock.ts(last_ts + DAY)}\tSynthetic suspension" if suspended else "f\t\\N\t\\N"
         )
+        access_uuid = _row_uuid("access", access_id)
         chunk.add(
             "access",
-            f"{access_id}\t{joined}\t{clock.ts(last_ts)}\t{joined}\tt\t{accrued}\t{suspension}\t"
-            f"{clock.ts(last_ts)}\t{opp_id}\t{user_id}\n",
+            f"{access_id}\t{access_uuid}\t{joined}\tt\t{access_uuid}\t{accrued}\t{suspension}\t"
+            f"{joined}\t{clock.ts(last_ts)}\t{opp_id}\t{user_id}\n",
         )
         if paid and paid_total:
             date_paid = clock.ts(invoice_day * DAY + 12 * 3600)
             usd = self.rates.usd(currency, paid_total, invoice_day * DAY)
+            payment_id = self.ids.take("payment")
             chunk.add(
                 "payment",
-                f"{self.ids.take('payment')}\t{paid_total}.00\t{usd}\t{date_paid}\t{access_id}"
-                f"\t\\N\t\\N\n",
+                f"{payment_id}\t{_row_uuid('payment', payment_id)}\t{date_paid}\t{paid_total}.00\t"
+                f"{usd}\t{date_paid}\tt\t{access_id}\t\\N\t\\N\n",
             )
         self.result.accesses += 1
         self.result.over_cap_accesses += int(any(n > c for n, c in zip(written, caps, strict=True)))
@@ -560,8 +631,21 @@ def _reserve_ids(cursor, visits: int, opportunities: int) -> dict[str, int]:
     return starts
 
 
+def _ensure_currencies(cursor) -> None:
+    """The ``Currency`` rows the opportunities point at (existing rows win)."""
+    for code, _, _ in CURRENCIES:
+        cursor.execute(
+            "INSERT INTO opportunity_currency (code, name) VALUES (%s, %s) "
+            "ON CONFLICT (code) DO NOTHING",
+            [code, CURRENCY_NAMES.get(code, code)],
+        )
+
+
 def _ensure_rates(cursor) -> list[tuple[str, datetime.date, Decimal]]:
-    """Monthly rates for the synthetic currencies (existing rows win), read back as stored."""
+    """Monthly rates for the synthetic currencies (existing rows win), read back as stored.
+
+    They cover every day a work's status can carry: the host would fetch a missing rate.
+    """
     codes = [code for code, _, base in CURRENCIES if base]
     for code, _, base in CURRENCIES:
         if not base:
@@ -632,8 +716,9 @@ def seed_synthetic(
     with connection.cursor() as cursor:
         raw = _raw_cursor(cursor)
         starts = _reserve_ids(cursor, visits, opportunities)
+        _ensure_currencies(cursor)
         rates = _Rates(_ensure_rates(cursor))
-        gen = _Generator(seed, _Ids(starts), rates)
+        gen = _Generator(seed, _Ids(starts), rates, delivery_type().pk)
         rows: dict[str, int] = {}
         copied = 0
         chunks = _prefetch(_chunks(gen, _budgets(visits, opportunities), chunk_visits))

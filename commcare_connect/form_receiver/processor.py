@@ -1,11 +1,37 @@
-"""The host's deliver-unit processing, reduced to what decides a visit's status.
+"""The host's processing of one submitted deliver-unit form (``process_deliver_unit``).
 
-``process_deliver_unit`` records one submitted form as a ``UserVisit``, attaches it to the
-completed work of its (access, entity, payment unit), applies the per-worker cap of the claim
-limit, and auto-approves. The historical duplicate-flag bug (a cleaning step that reset any
-status to pending when the opportunity's ``duplicate`` flag was off, wiping over_limit) is
-reproduced only when ``settings.CCC_REPRODUCE_DUPLICATE_FLAG_BUG`` is true, so incident data is
-produced by the code path that produced it in production.
+The steps, their order and their conditions are those of the host's
+``form_receiver/processor.py``; only the entry point differs: instead of an ``XForm`` and a
+form block, the caller passes the worker's access, the deliver unit and the form's facts as
+keywords (the ledger never calls this; tests and seeds do).
+
+1. In one transaction (the host runs under ``ATOMIC_REQUESTS``), lock the claim limit of the
+   worker's claim for the deliver unit's payment unit (``select_for_update``); the worker's
+   visits of that deliver unit, except over_limit and trial ones, are counted: on the form's
+   day, in total, and for the same entity.
+2. The opportunity or the payment unit starting after today makes the visit a trial, without a
+   completed work. Otherwise the completed work of (access, entity, payment unit) is fetched or
+   created; the daily count reaching ``max_daily``, the total reaching the claim limit's
+   ``max_visits``, or today being past the claim's (or claim limit's) end date makes the visit
+   over_limit and its work over_limit too; else a visit of an entity seen before is a
+   duplicate.
+3. The cleaning step (the opportunity's verification flags, created when missing): a duplicate
+   is flagged when the ``duplicate`` flag is on, else goes back to pending; a missing location
+   is flagged when ``gps`` is on; a form started outside the submission window is flagged.
+   With ``settings.CCC_REPRODUCE_DUPLICATE_FLAG_BUG`` the historical version of the first rule
+   runs instead (2024-07-18 to 2026-04-28): with the flag off *any* status went back to
+   pending, over_limit and trial included.
+4. A suspended worker's visit is flagged and rejected (its work's status set to rejected in
+   memory, saved only if the work is saved anyway). Flags mark the visit flagged; with
+   ``automatic_visit_verification`` a flagged pending visit is rejected; with
+   ``auto_approve_visits`` an unflagged pending visit is approved with review ``agree``.
+5. The visit is saved; ``last_active`` moves to the visit date if later (saved with the access
+   by the recompute below); an incomplete work becomes pending and the work is saved when it
+   changed.
+6. ``update_payment_accrued_for_user(access, incremental=True, completed_work_id=work id)``.
+
+Not mirrored (the stand-in has no such models): location-distance and catchment-area flags,
+deliver-unit flag rules, form JSON rules, assigned tasks, work areas, attachment downloads.
 """
 
 from __future__ import annotations
@@ -14,13 +40,16 @@ import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.db.models import Count, Q
+from django.utils.timezone import now
 
+from commcare_connect.form_receiver.exceptions import ProcessingError
 from commcare_connect.opportunity.models import (
     CompletedWork,
     CompletedWorkStatus,
     DeliverUnit,
     OpportunityAccess,
+    OpportunityClaim,
     OpportunityClaimLimit,
     OpportunityVerificationFlags,
     UserVisit,
@@ -30,91 +59,218 @@ from commcare_connect.opportunity.models import (
 from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 
 
-def _cap_status(
-    access: OpportunityAccess, deliver_unit: DeliverUnit, entity_id: str, day: datetime.date
-) -> str:
-    """The status the cap checks give a new visit (pending when nothing objects)."""
-    payment_unit = deliver_unit.payment_unit
-    counted = UserVisit.objects.filter(
-        opportunity_access=access, deliver_unit=deliver_unit
-    ).exclude(status__in=[VisitValidationStatus.over_limit, VisitValidationStatus.trial])
-    limit = (
-        OpportunityClaimLimit.objects.filter(
-            opportunity_claim__opportunity_access=access, payment_unit=payment_unit
-        )
-        .only("max_visits", "end_date")
-        .first()
+def clean_form_submission(access: OpportunityAccess, user_visit: UserVisit) -> list[list[str]]:
+    """The verification-flag checks the stand-in can make; returns ``[code, message]`` pairs.
+
+    May change ``user_visit.status`` (a duplicate goes back to pending when duplicates are
+    allowed).
+    """
+    flags = []
+    opportunity_flags, _ = OpportunityVerificationFlags.objects.get_or_create(
+        opportunity=user_visit.opportunity
     )
-    if limit is not None and counted.count() >= limit.max_visits:
-        return VisitValidationStatus.over_limit
-    if payment_unit.max_daily is not None:
-        if counted.filter(visit_date__date=day).count() >= payment_unit.max_daily:
-            return VisitValidationStatus.over_limit
-    if limit is not None and limit.end_date and day > limit.end_date:
-        return VisitValidationStatus.over_limit
-    if counted.filter(entity_id=entity_id).exists():
-        return VisitValidationStatus.duplicate
-    return VisitValidationStatus.pending
+    if getattr(settings, "CCC_REPRODUCE_DUPLICATE_FLAG_BUG", False):
+        # The historical rule: with the flag off, every status was reset, over_limit included.
+        if opportunity_flags.duplicate:
+            if user_visit.status == VisitValidationStatus.duplicate:
+                flags.append(["duplicate", "A beneficiary with the same identifier already exists"])
+        else:
+            user_visit.status = VisitValidationStatus.pending
+    elif user_visit.status == VisitValidationStatus.duplicate:
+        if opportunity_flags.duplicate:
+            flags.append(["duplicate", "A beneficiary with the same identifier already exists"])
+        else:
+            user_visit.status = VisitValidationStatus.pending
+    if opportunity_flags.gps and user_visit.location is None:
+        flags.append(["gps", "GPS data is missing"])
+    started = user_visit.visit_date.time()
+    window_start = opportunity_flags.form_submission_start
+    window_end = opportunity_flags.form_submission_end
+    if window_start and window_start > started:
+        flags.append(["form_submission_period", "Form was submitted before the start time"])
+    if window_end and window_end < started:
+        flags.append(["form_submission_period", "Form was submitted after the end time"])
+    return flags
 
 
-@transaction.atomic
 def process_deliver_unit(
     access: OpportunityAccess,
     deliver_unit: DeliverUnit,
     *,
     xform_id: str,
-    entity_id: str,
-    entity_name: str = "",
+    entity_id: str | None,
+    entity_name: str | None = None,
     visit_date: datetime.datetime | None = None,
     received_at: datetime.datetime | None = None,
+    location: str | None = None,
+    form_json: dict | None = None,
+    app_build_id: str | None = None,
+    app_build_version: int | None = None,
     recompute: bool = True,
 ) -> UserVisit:
-    """Record one submitted deliver-unit form and return its visit."""
+    """Record one submitted deliver-unit form as the host does; return the saved visit.
+
+    ``visit_date`` is the form's ``timeStart`` (default: now). The access, its opportunity and
+    the deliver unit are read again from the database, as the host reads them per request.
+
+    Two conveniences for seeds, outside the host's behaviour: ``received_at`` moves the new
+    visit's ``date_created`` (and that of a completed work this call created) to when the form
+    is supposed to have arrived, after the rows are written; ``recompute=False`` skips the
+    final incremental recompute (and with it the save of ``last_active``, which the host's
+    recompute saves with the access), for callers that run a full recompute afterwards.
+    """
+    with transaction.atomic():
+        return _process(
+            access.pk,
+            deliver_unit.pk,
+            xform_id=xform_id,
+            entity_id=entity_id,
+            entity_name=entity_name,
+            visit_date=visit_date or now(),
+            received_at=received_at,
+            location=location,
+            form_json={} if form_json is None else form_json,
+            app_build_id=app_build_id,
+            app_build_version=app_build_version,
+            recompute=recompute,
+        )
+
+
+def _process(
+    access_id: int,
+    deliver_unit_id: int,
+    *,
+    xform_id,
+    entity_id,
+    entity_name,
+    visit_date,
+    received_at,
+    location,
+    form_json,
+    app_build_id,
+    app_build_version,
+    recompute,
+) -> UserVisit:
+    deliver_unit = DeliverUnit.objects.get(pk=deliver_unit_id)
+    access = OpportunityAccess.objects.get(pk=access_id)
     opportunity = access.opportunity
-    visit_date = visit_date or timezone.now()
-    received_at = received_at or timezone.now()
     payment_unit = deliver_unit.payment_unit
+    if not payment_unit:
+        raise ProcessingError(
+            f"Payment unit is not configured for the deliver unit: "
+            f"{deliver_unit.name} in opportunity: {opportunity.name}"
+        )
+    claim = OpportunityClaim.objects.get(opportunity_access=access)
 
-    status = _cap_status(access, deliver_unit, entity_id, visit_date.date())
-    work, _ = CompletedWork.objects.get_or_create(
-        opportunity_access=access,
-        entity_id=entity_id,
-        payment_unit=payment_unit,
-        defaults={"entity_name": entity_name, "date_created": received_at},
-    )
-    if status == VisitValidationStatus.over_limit and work.status != CompletedWorkStatus.over_limit:
-        work.status = CompletedWorkStatus.over_limit
-        work.save(update_fields=["status", "status_modified_date"])
+    created_work = False
+    with transaction.atomic():
+        # Serialises concurrent submissions of one worker for one payment unit, so two of them
+        # cannot both pass the limit checks.
+        claim_limit = OpportunityClaimLimit.objects.select_for_update().get(
+            opportunity_claim=claim, payment_unit=payment_unit
+        )
+        counts = (
+            UserVisit.objects.filter(opportunity_access=access, deliver_unit=deliver_unit)
+            .exclude(status__in=[VisitValidationStatus.over_limit, VisitValidationStatus.trial])
+            .aggregate(
+                daily=Count("pk", filter=Q(visit_date__date=visit_date)),
+                total=Count("*"),
+                entity=Count("pk", filter=Q(entity_id=entity_id, deliver_unit=deliver_unit)),
+            )
+        )
+        user_visit = UserVisit(
+            opportunity=opportunity,
+            user_id=access.user_id,
+            opportunity_access=access,
+            deliver_unit=deliver_unit,
+            entity_id=entity_id,
+            entity_name=entity_name,
+            visit_date=visit_date,
+            xform_id=xform_id,
+            app_build_id=app_build_id,
+            app_build_version=app_build_version,
+            form_json=form_json,
+            location=location,
+        )
+        work_needs_save = False
+        today = datetime.date.today()
+        if opportunity.start_date > today or (
+            payment_unit.start_date and payment_unit.start_date > today
+        ):
+            completed_work = None
+            user_visit.status = VisitValidationStatus.trial
+        else:
+            completed_work, created_work = CompletedWork.objects.get_or_create(
+                opportunity_access=access,
+                entity_id=entity_id,
+                payment_unit=payment_unit,
+                defaults={"entity_name": entity_name},
+            )
+            user_visit.completed_work = completed_work
+            if payment_unit.max_daily is None:
+                # The host compares with ``>=`` and fails the same way.
+                raise TypeError(
+                    f"payment unit {payment_unit.pk} has no max_daily; the host's daily-limit "
+                    "check cannot compare with None"
+                )
+            if (
+                counts["daily"] >= payment_unit.max_daily
+                or counts["total"] >= claim_limit.max_visits
+                or today > claim.end_date
+                or (claim_limit.end_date and today > claim_limit.end_date)
+            ):
+                user_visit.status = VisitValidationStatus.over_limit
+                if completed_work.status != CompletedWorkStatus.over_limit:
+                    completed_work.status = CompletedWorkStatus.over_limit
+                    work_needs_save = True
+            elif counts["entity"] > 0:
+                user_visit.status = VisitValidationStatus.duplicate
 
-    flags = OpportunityVerificationFlags.objects.filter(opportunity=opportunity).first()
-    duplicates_allowed = flags is None or not flags.duplicate
-    if duplicates_allowed:
-        if getattr(settings, "CCC_REPRODUCE_DUPLICATE_FLAG_BUG", False):
-            # The bug: any status, over_limit included, went back to pending.
-            status = VisitValidationStatus.pending
-        elif status == VisitValidationStatus.duplicate:
-            status = VisitValidationStatus.pending
+        flags = clean_form_submission(access, user_visit)
+        if access.suspended:
+            flags.append(["user_suspended", "This user is suspended from the opportunity."])
+            user_visit.status = VisitValidationStatus.rejected
+            if completed_work is not None:
+                completed_work.status = CompletedWorkStatus.rejected
+        if flags:
+            user_visit.flagged = True
+            user_visit.flag_reason = {"flags": flags}
 
-    review_status = VisitReviewStatus.pending
-    if status == VisitValidationStatus.pending and opportunity.auto_approve_visits:
-        status = VisitValidationStatus.approved
-        review_status = VisitReviewStatus.agree
+        if (
+            opportunity.automatic_visit_verification
+            and user_visit.status == VisitValidationStatus.pending
+            and user_visit.flagged
+        ):
+            user_visit.status = VisitValidationStatus.rejected
+        if (
+            opportunity.auto_approve_visits
+            and user_visit.status == VisitValidationStatus.pending
+            and not user_visit.flagged
+        ):
+            user_visit.status = VisitValidationStatus.approved
+            user_visit.review_status = VisitReviewStatus.agree
 
-    visit = UserVisit.objects.create(
-        opportunity=opportunity,
-        user_id=access.user_id,
-        opportunity_access=access,
-        deliver_unit=deliver_unit,
-        entity_id=entity_id,
-        entity_name=entity_name,
-        xform_id=xform_id,
-        visit_date=visit_date,
-        status=status,
-        review_status=review_status,
-        completed_work=work,
-        status_modified_date=received_at,
-    )
-    UserVisit.objects.filter(pk=visit.pk).update(date_created=received_at)
+        user_visit.save()
+
+        if not access.last_active or access.last_active < user_visit.visit_date:
+            access.last_active = user_visit.visit_date
+
+        if completed_work is not None:
+            if completed_work.status == CompletedWorkStatus.incomplete:
+                completed_work.status = CompletedWorkStatus.pending
+                work_needs_save = True
+            if work_needs_save:
+                completed_work.save()
+
+    if received_at is not None:
+        UserVisit.objects.filter(pk=user_visit.pk).update(date_created=received_at)
+        if created_work:
+            CompletedWork.objects.filter(pk=completed_work.pk).update(date_created=received_at)
+
     if recompute:
-        update_payment_accrued_for_user(access, incremental=True)
-    return visit
+        update_payment_accrued_for_user(
+            access,
+            incremental=True,
+            completed_work_id=completed_work.id if completed_work is not None else None,
+        )
+    return user_visit

@@ -3,6 +3,7 @@
 import datetime
 from decimal import Decimal
 
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -14,6 +15,7 @@ from commcare_connect.opportunity.models import (
     VisitReviewStatus,
     VisitValidationStatus,
 )
+from commcare_connect.opportunity.tasks import ExternalRateFetchError
 from commcare_connect.opportunity.visit_import import (
     update_payment_accrued,
     update_payment_accrued_for_user,
@@ -85,10 +87,15 @@ def test_optional_forms_cap_the_count(host):
     two_of_each = host.work(access, unit, visits=[required, required, first, second])
 
     assert recompute(access).payment_accrued == 0 + 100 + 100 + 200
-    for work, units in [(no_optional, 0), (one_optional, 1), (both_optional, 1), (two_of_each, 2)]:
+    for work, units, status in [
+        # Without an approved optional form the work is not approved (it was incomplete).
+        (no_optional, 0, CompletedWorkStatus.pending),
+        (one_optional, 1, CompletedWorkStatus.approved),
+        (both_optional, 1, CompletedWorkStatus.approved),
+        (two_of_each, 2, CompletedWorkStatus.approved),
+    ]:
         work.refresh_from_db()
-        # Every required form approved: approved, even when no unit is earned.
-        assert work.status == CompletedWorkStatus.approved
+        assert work.status == status
         assert work.saved_approved_count == units
         assert work.saved_payment_accrued == 100 * units
 
@@ -98,31 +105,52 @@ def test_child_unit_work_caps_its_parent(host):
     parent = host.unit(opp, amount=400)
     child = host.unit(opp, amount=100, parent=parent)
     access = host.access(opp)
+    other = host.approved_work(access, child, entity_id="household-2")
     parent_work = host.approved_work(access, parent, entity_id="household-1")
 
-    assert recompute(access).payment_accrued == 0
+    assert recompute(access).payment_accrued == 100  # household-2's child work only
     parent_work.refresh_from_db()
     assert parent_work.status == CompletedWorkStatus.approved
-    assert parent_work.saved_payment_accrued == 0  # no child work for the entity yet
+    assert parent_work.saved_payment_accrued == 0  # no child work for household-1 yet
+    assert (parent_work.saved_completed_count, parent_work.saved_approved_count) == (0, 0)
+    other.refresh_from_db()
+    assert other.saved_payment_accrued == 100
 
     host.approved_work(access, child, entity_id="household-1")
-    assert recompute(access).payment_accrued == 400 + 100
+    assert recompute(access).payment_accrued == 400 + 100 + 100
     parent_work.refresh_from_db()
     assert parent_work.saved_payment_accrued == 400
+
+
+def test_child_unit_caps_only_when_a_work_of_it_is_recomputed_too(host):
+    """The host caps a parent by child units that some recomputed work has: alone, a parent
+    work is paid although its entity has no child work."""
+    opp = host.opportunity()
+    parent = host.unit(opp, amount=400)
+    host.unit(opp, amount=100, parent=parent)
+    access = host.access(opp)
+    parent_work = host.approved_work(access, parent, entity_id="household-1")
+
+    assert recompute(access).payment_accrued == 400
+    parent_work.refresh_from_db()
+    assert (parent_work.saved_completed_count, parent_work.saved_payment_accrued) == (1, 400)
 
 
 def test_rejected_visit_rejects_the_work_with_joined_reasons(host):
     opp = host.opportunity()
     unit = host.unit(opp, required=3)
     access = host.access(opp)
-    work = host.work(access, unit, visits=unit.required[:1])
+    work = host.work(access, unit)
+    host.visit(work, unit.required[0], reason="Checked by phone")  # approved, with a reason
     host.visit(work, unit.required[1], status=VisitValidationStatus.rejected, reason="GPS off")
     host.visit(work, unit.required[2], status=VisitValidationStatus.rejected, reason="No photo")
+    host.visit(work, unit.required[2], status=VisitValidationStatus.rejected, reason="")
 
     assert recompute(access).payment_accrued == 0
     work.refresh_from_db()
     assert work.status == CompletedWorkStatus.rejected
-    assert work.reason == "GPS off\nNo photo"
+    # Every visit's reason, the approved one's too, in the order the visits were made.
+    assert work.reason == "Checked by phone\nGPS off\nNo photo"
     assert work.saved_payment_accrued == 0
 
 
@@ -222,18 +250,18 @@ def test_usd_conversion_uses_the_rate_of_the_status_date(host):
 
     january = approved_on(datetime.date(2026, 1, 20))
     february = approved_on(datetime.date(2026, 2, 1))
-    before_any_rate = approved_on(datetime.date(2025, 12, 31))
-    assert recompute(access).payment_accrued == 3000
+    assert recompute(access).payment_accrued == 2000
 
-    for work, usd, org_usd in [
-        (january, "10.00", "2.50"),
-        (february, "8.00", "2.00"),
-        (before_any_rate, "0.00", "0.00"),
-    ]:
+    for work, usd, org_usd in [(january, "10.00", "2.50"), (february, "8.00", "2.00")]:
         work.refresh_from_db()
         assert work.saved_payment_accrued == 1000
         assert work.saved_payment_accrued_usd == Decimal(usd)
         assert work.saved_org_payment_accrued_usd == Decimal(org_usd)
+
+    # Before any stored rate the host fetches one from the external service: never here.
+    approved_on(datetime.date(2025, 12, 31))
+    with pytest.raises(ExternalRateFetchError, match="2025-12-01"):
+        recompute(access)
 
 
 def test_usd_rounds_half_up_to_cents(host):
@@ -266,9 +294,12 @@ def test_queries_per_access_do_not_grow_with_its_works(host, django_assert_max_n
     one = _recompute_queries(host, 1)
     twenty = _recompute_queries(host, 20)
     assert one == twenty
+    access = (
+        OpportunityAccess.objects.select_related("opportunity__currency").order_by("-id").first()
+    )
     with django_assert_max_num_queries(one):
-        access = OpportunityAccess.objects.select_related("opportunity").order_by("-id").first()
-        update_payment_accrued_for_user(access)  # nothing changed: no bulk_update
+        # Nothing changed, but the host writes every recomputed work back all the same.
+        update_payment_accrued_for_user(access, incremental=False)
 
 
 def test_child_unit_with_optional_forms_counted_once_alongside_its_parent(host):

@@ -33,12 +33,12 @@ def test_recompute_blocks_while_the_lock_is_held_elsewhere(paid_access, raw_conn
     _lock_timeout(200)
     try:
         with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
-            update_payment_accrued_for_user(paid_access)
+            update_payment_accrued_for_user(paid_access, incremental=False)
         paid_access.refresh_from_db()
         assert paid_access.payment_accrued == 0  # nothing was written
 
         raw_connection.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-        update_payment_accrued_for_user(paid_access)
+        update_payment_accrued_for_user(paid_access, incremental=False)
         paid_access.refresh_from_db()
         assert paid_access.payment_accrued == 100
     finally:
@@ -50,7 +50,7 @@ def test_other_accesses_are_not_blocked(host, paid_access, raw_connection):
     raw_connection.execute("SELECT pg_advisory_lock(%s, %s)", accrual_lock_key(other.pk))
     _lock_timeout(200)
     try:
-        update_payment_accrued_for_user(paid_access)
+        update_payment_accrued_for_user(paid_access, incremental=False)
     finally:
         _lock_timeout(0)
     paid_access.refresh_from_db()
@@ -75,11 +75,11 @@ def test_lock_is_released_on_exit_in_autocommit_and_at_the_end_of_a_transaction(
     access = host.access(opp)
     host.approved_work(access, unit)
 
-    update_payment_accrued_for_user(access)
+    update_payment_accrued_for_user(access, incremental=False)
     assert _free_elsewhere(raw_connection, access)
 
     with transaction.atomic():
-        update_payment_accrued_for_user(access)
+        update_payment_accrued_for_user(access, incremental=False)
         # Held until the writes are committed, so no recompute can read around them.
         assert not _free_elsewhere(raw_connection, access)
     assert _free_elsewhere(raw_connection, access)
@@ -102,5 +102,5 @@ def _failing_access(host):
 def test_a_failed_recompute_raises_its_own_error_and_leaks_no_lock(host, raw_connection):
     access = _failing_access(host)
     with pytest.raises(DataError), transaction.atomic():
-        update_payment_accrued_for_user(access)
+        update_payment_accrued_for_user(access, incremental=False)
     assert _free_elsewhere(raw_connection, access)

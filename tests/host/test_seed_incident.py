@@ -30,7 +30,7 @@ def _rows(data: IncidentData, opportunity: Opportunity):
 
 def test_opportunity_a_has_two_over_cap_works_across_two_accesses(incident):
     a = incident.opportunity_a
-    assert (a.currency, a.is_test, a.active) == ("USD", False, True)
+    assert (a.currency_id, a.currency_code, a.is_test, a.active) == ("USD", "USD", False, True)
     assert a.opportunityverificationflags.duplicate is False
     rows = _rows(incident, a)
     assert sorted(r.access_id for r in rows) == sorted(
@@ -89,7 +89,7 @@ def test_trial_visit_sits_on_an_over_cap_work(incident):
 
 def test_opportunity_b_suspended_and_paid_workers(incident):
     b = incident.opportunity_b
-    assert b.currency == "KES"
+    assert (b.currency_id, b.currency_code) == ("KES", "KES")
     rows = {r.access_id: r for r in _rows(incident, b)}
     suspended = OpportunityAccess.objects.get(pk=incident.suspended_access_id)
     assert suspended.suspended

@@ -147,7 +147,7 @@ def _fingerprint(result: SyntheticResult) -> list:
     return [
         list(units.values_list("name", "amount", "org_amount")),
         list(forms.values_list("optional", "name")),
-        list(accesses.values_list("payment_accrued", "suspended", "date_created")),
+        list(accesses.values_list("payment_accrued", "suspended", "invited_date", "last_active")),
         list(
             works.annotate(visits=Count("uservisit")).values_list(
                 *SAVED[:1], *SAVED[3:], "date_created", "payment_date", "visits"

@@ -59,3 +59,30 @@ def test_queryset_update_does_not_stamp(host):
     work.refresh_from_db()
     assert work.status == CompletedWorkStatus.over_limit
     assert work.status_modified_date == LONG_AGO
+
+
+def test_a_new_instance_passes_through_the_initial_status(host):
+    """As in the host, ``__init__`` starts from the initial status, so a new instance given
+    another status is stamped now — unless a stamp is given too (it is assigned after)."""
+    before = timezone.now()
+    work = CompletedWork(status=CompletedWorkStatus.approved)
+    assert work.status_modified_date >= before
+    given = CompletedWork(status=CompletedWorkStatus.approved, status_modified_date=LONG_AGO)
+    assert given.status_modified_date == LONG_AGO
+    assert UserVisit().status == VisitValidationStatus.pending
+
+
+def test_a_row_loaded_without_its_status_reads_the_initial_status(host):
+    work = _work(host)
+    assert CompletedWork.objects.only("id").get(pk=work.pk).status == CompletedWorkStatus.incomplete
+    visit = UserVisit.objects.filter(completed_work=work).only("id").first()
+    assert visit.status == VisitValidationStatus.pending
+
+
+def test_refreshing_a_changed_status_stamps_the_instance(host):
+    work = _work(host)
+    CompletedWork.objects.filter(pk=work.pk).update(status=CompletedWorkStatus.rejected)
+    before = timezone.now()
+    work.refresh_from_db(fields=["status"])
+    assert work.status == CompletedWorkStatus.rejected
+    assert work.status_modified_date >= before
