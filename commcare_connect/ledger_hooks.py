@@ -16,35 +16,37 @@ from django.db import connection
 from commcare_connect.opportunity.visit_import import ACCRUAL_LOCK_NAMESPACE
 from ledger.errors import LockBusy
 
-POLL = 0.02  # seconds between attempts while another session holds a lock
+POLL = 0.01  # seconds between rounds of attempts on the locks still busy
 
 
-def _try_all(access_ids: Sequence[int]) -> int | None:
-    """Take every lock in one statement, or none: returns the first busy access id, if any."""
+def _try(access_ids: Sequence[int]) -> list[int]:
+    """Take each lock that is free (held until the transaction ends); return the busy ones."""
     with connection.cursor() as cursor:
-        cursor.execute("SAVEPOINT ledger_access_locks")
         cursor.execute(
-            "SELECT a FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(a, n) "
-            "WHERE NOT pg_try_advisory_xact_lock(%s, (a %% 2147483647)::int) ORDER BY n LIMIT 1",
+            "SELECT a FROM unnest(%s::bigint[]) AS u(a) "
+            "WHERE NOT pg_try_advisory_xact_lock(%s, (a %% 2147483647)::int) ORDER BY a",
             [sorted(access_ids), ACCRUAL_LOCK_NAMESPACE],
         )
-        row = cursor.fetchone()
-        if row is None:
-            cursor.execute("RELEASE SAVEPOINT ledger_access_locks")
-            return None
-        # Rolling back to the savepoint frees the locks taken by this attempt.
-        cursor.execute("ROLLBACK TO SAVEPOINT ledger_access_locks")
-        cursor.execute("RELEASE SAVEPOINT ledger_access_locks")
-        return row[0]
+        return [a for (a,) in cursor.fetchall()]
 
 
 def lock_accesses_for_transaction(access_ids: Sequence[int], wait: float) -> Callable[[], None]:
-    """Hold every access's accrual lock until the transaction ends, or raise ``LockBusy``."""
+    """Hold every access's accrual lock until the transaction ends, or raise ``LockBusy``.
+
+    Free locks are kept and busy ones tried again shortly; on giving up, the caller's
+    transaction rolls back and that frees the ones taken.
+    """
     deadline = time.monotonic() + wait
+    missing = list(access_ids)
     while True:
-        busy = _try_all(access_ids)
-        if busy is None:
+        missing = _try(missing)
+        if not missing:
             return lambda: None  # transaction-scoped: the commit or rollback frees them
         if time.monotonic() >= deadline:
-            raise LockBusy(f"the accrual lock of access {busy} is held elsewhere")
+            raise LockBusy(f"the accrual lock of access {missing[0]} is held elsewhere")
         time.sleep(POLL)
+
+
+# Transaction-scoped: the advisory locks end with the transaction, so the ledger may run inside a
+# caller's transaction (a test case, ATOMIC_REQUESTS) and recompute there.
+lock_accesses_for_transaction.transaction_scoped = True

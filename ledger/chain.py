@@ -6,8 +6,20 @@ Python (written at projection time, and by the offline export checker) and once 
 ``verify`` recomputes a million hashes set-based inside the database) — and the test suite
 holds the two to the same bytes.
 
-Timestamps enter the content as integer microseconds since the Unix epoch, ``NULL`` as the
-empty string, fields separated by U+001F and the previous hash by U+001E.
+Each event records the ``hash_format`` its hash covers:
+
+* **Format 2** (every event written now): the UTF-8 bytes of ``ledger-event/2``, then the
+  previous hash and each field of :data:`CONTENT_FIELDS_V2` in order, each written as ``-``
+  when NULL or empty (CSV cannot tell the two apart) or as ``<byte length>:<value>``
+  otherwise, the length counted in UTF-8 bytes. Length prefixes make the encoding unambiguous:
+  no value, whatever characters it holds, can shift bytes into its neighbour.
+* **Format 1** (events written before format 2 existed, kept verifiable): the previous hash,
+  U+001E, then the fields of :data:`CONTENT_FIELDS_V1` joined by U+001F, NULL as the empty
+  string. A reason containing U+001F could make two events share a hash, which is why new
+  events use format 2.
+
+In both, timestamps are integer microseconds since the Unix epoch, integers and UUIDs their
+canonical text.
 """
 
 from __future__ import annotations
@@ -21,9 +33,11 @@ GENESIS = "0" * 64
 FIELD_SEP = "\x1f"
 HASH_SEP = "\x1e"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+CURRENT_FORMAT = 2
+V2_TAG = "ledger-event/2"
 
 # Order matters: it is part of the hashed bytes.
-CONTENT_FIELDS = (
+CONTENT_FIELDS_V1 = (
     "batch_id",
     "entity_kind",
     "entity_id",
@@ -39,6 +53,9 @@ CONTENT_FIELDS = (
     "new_status_modified_date",
     "recorded_at",
 )
+CONTENT_FIELDS_V2 = (*CONTENT_FIELDS_V1, "prev_event_id", "members")
+CONTENT_FIELDS = CONTENT_FIELDS_V2  # what the projector writes, in this order
+FIELDS_BY_FORMAT = {1: CONTENT_FIELDS_V1, 2: CONTENT_FIELDS_V2}
 TIME_FIELDS = {"prior_status_modified_date", "new_status_modified_date", "recorded_at"}
 
 
@@ -46,9 +63,10 @@ def micros(value: datetime.datetime) -> int:
     return (value - EPOCH) // datetime.timedelta(microseconds=1)
 
 
-def _text(name: str, value: Any) -> str:
-    if value is None or value == "":
-        return ""
+def _text(name: str, value: Any) -> str | None:
+    """A field's canonical text, or None for NULL."""
+    if value is None:
+        return None
     if name in TIME_FIELDS:
         if isinstance(value, str):
             value = datetime.datetime.fromisoformat(value)
@@ -56,42 +74,113 @@ def _text(name: str, value: Any) -> str:
     return str(value)
 
 
+def _v1_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
+    return (prev_hash + HASH_SEP + FIELD_SEP.join(t or "" for t in texts)).encode()
+
+
+def _v2_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
+    parts = [V2_TAG]
+    for text in (prev_hash, *texts):
+        if not text:
+            parts.append("-")
+        else:
+            parts.append(f"{len(text.encode())}:{text}")
+    return "".join(parts).encode()
+
+
+_ENCODERS = {1: _v1_bytes, 2: _v2_bytes}
+
+
+def event_hash(prev_hash: str, event: Mapping[str, Any], hash_format: int | None = None) -> str:
+    """The hash of an event given as a mapping (an export line, a model's values)."""
+    fmt = int(hash_format or event.get("hash_format") or 1)
+    texts = [_text(name, event.get(name)) for name in FIELDS_BY_FORMAT[fmt]]
+    return hashlib.sha256(_ENCODERS[fmt](prev_hash, texts)).hexdigest()
+
+
 _TIME_POSITIONS = frozenset(i for i, name in enumerate(CONTENT_FIELDS) if name in TIME_FIELDS)
 
 
-def content(event: Mapping[str, Any]) -> str:
-    return FIELD_SEP.join([_text(name, event.get(name)) for name in CONTENT_FIELDS])
-
-
-def content_of_values(values: tuple) -> str:
-    """:func:`content` for values already in ``CONTENT_FIELDS`` order (the projector's path)."""
-    parts = []
-    for i, value in enumerate(values):
-        if value is None or value == "":
-            parts.append("")
-        elif i in _TIME_POSITIONS:
-            parts.append(str(micros(value)))
-        else:
-            parts.append(str(value))
-    return FIELD_SEP.join(parts)
-
-
 def hash_values(prev_hash: str, values: tuple) -> str:
-    return hashlib.sha256((prev_hash + HASH_SEP + content_of_values(values)).encode()).hexdigest()
+    """Format-2 hash of values already in :data:`CONTENT_FIELDS` order (the projector's path)."""
+    texts: list[str | None] = []
+    for i, value in enumerate(values):
+        if value is None:
+            texts.append(None)
+        elif i in _TIME_POSITIONS:
+            texts.append(str(micros(value)))
+        else:
+            texts.append(str(value))
+    return hashlib.sha256(_v2_bytes(prev_hash, texts)).hexdigest()
 
 
-def event_hash(prev_hash: str, event: Mapping[str, Any]) -> str:
-    return hashlib.sha256((prev_hash + HASH_SEP + content(event)).encode()).hexdigest()
-
-
-def _sql_field(name: str, alias: str) -> str:
+def _sql_text(name: str, alias: str) -> str:
+    """SQL for a field's canonical text (NULL stays NULL)."""
     column = f"{alias}.{name}"
     if name in TIME_FIELDS:
-        return f"COALESCE((EXTRACT(EPOCH FROM {column}) * 1000000)::bigint::text, '')"
-    return f"COALESCE({column}::text, '')"
+        return f"(EXTRACT(EPOCH FROM {column}) * 1000000)::bigint::text"
+    return f"{column}::text"
+
+
+def _sql_v1(alias: str) -> str:
+    parts = " || chr(31) || ".join(
+        f"COALESCE({_sql_text(name, alias)}, '')" for name in CONTENT_FIELDS_V1
+    )
+    return f"{alias}.prev_hash || chr(30) || {parts}"
+
+
+def _sql_v2_part(text_sql: str) -> str:
+    return (
+        f"CASE WHEN {text_sql} IS NULL OR {text_sql} = '' THEN '-' "
+        f"ELSE octet_length(convert_to({text_sql}, 'UTF8'))::text || ':' || {text_sql} END"
+    )
+
+
+def _sql_v2(alias: str) -> str:
+    parts = [f"'{V2_TAG}'", _sql_v2_part(f"{alias}.prev_hash")]
+    parts += [_sql_v2_part(_sql_text(name, alias)) for name in CONTENT_FIELDS_V2]
+    return " || ".join(parts)
 
 
 def sql_hash_expression(alias: str = "e") -> str:
-    """SQL computing an event row's hash from its stored ``prev_hash`` and content."""
-    parts = " || chr(31) || ".join(_sql_field(name, alias) for name in CONTENT_FIELDS)
-    return f"encode(sha256(convert_to({alias}.prev_hash || chr(30) || {parts}, 'UTF8')), 'hex')"
+    """SQL computing an event row's hash from its stored ``prev_hash``, content and format."""
+    return (
+        f"encode(sha256(convert_to(CASE {alias}.hash_format WHEN 1 THEN {_sql_v1(alias)} "
+        f"ELSE {_sql_v2(alias)} END, 'UTF8')), 'hex')"
+    )
+
+
+# Batch lifecycle entries (ledger.models.BatchEntry) have a chain of their own, format 2 only.
+ENTRY_TAG = "ledger-entry/2"
+ENTRY_FIELDS = ("batch_id", "action", "actor", "actor_id", "at", "details")
+_ENTRY_TIME_FIELDS = {"at"}
+
+
+def entry_hash(prev_hash: str, entry: Mapping[str, Any]) -> str:
+    """The hash of a batch lifecycle entry given as a mapping."""
+    parts = [ENTRY_TAG]
+    for text in (prev_hash, *(_entry_text(name, entry.get(name)) for name in ENTRY_FIELDS)):
+        parts.append("-" if not text else f"{len(text.encode())}:{text}")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def _entry_text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if name in _ENTRY_TIME_FIELDS:
+        if isinstance(value, str):
+            value = datetime.datetime.fromisoformat(value)
+        return str(micros(value))
+    return str(value)
+
+
+def sql_entry_hash_expression(alias: str = "n") -> str:
+    """SQL computing a lifecycle entry's hash from its stored ``prev_hash`` and content."""
+    parts = [f"'{ENTRY_TAG}'", _sql_v2_part(f"{alias}.prev_hash")]
+    for name in ENTRY_FIELDS:
+        if name in _ENTRY_TIME_FIELDS:
+            text = f"(EXTRACT(EPOCH FROM {alias}.{name}) * 1000000)::bigint::text"
+        else:
+            text = f"{alias}.{name}::text"
+        parts.append(_sql_v2_part(text))
+    return f"encode(sha256(convert_to({' || '.join(parts)}, 'UTF8')), 'hex')"

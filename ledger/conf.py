@@ -16,6 +16,17 @@ DEFAULTS: dict[str, Any] = {
     "ACCESS_LOCK_CACHE": "default",
     # Seconds the projector waits for all accrual locks before it backs off and retries.
     "ACCESS_LOCK_WAIT": 2.0,
+    # Seconds apply, undo and pricing keep retrying while live traffic holds what they need.
+    "RETRY_SECONDS": 300.0,
+    # Apply refuses a batch nobody but its planner has reviewed (corrections approve).
+    "REQUIRE_APPROVAL": True,
+    # Username used when --operator is not given (a test suite's or a single-user setup's);
+    # None: every step must name its operator.
+    "DEFAULT_OPERATOR": None,
+    # Key signing chain anchors (read it from the environment in settings); None: no anchors.
+    "ANCHOR_KEY": None,
+    # File the anchors are appended to (kept outside the database); None: stdout only.
+    "ANCHOR_LOG": None,
     # Databases (besides test_*) whose TRUNCATE guards the ledger's flush command may lift.
     "FLUSHABLE_DATABASES": (),
 }

@@ -17,9 +17,8 @@ Check (:func:`check_export`, ``corrections check-export FILE``)
     For every line, in order:
 
     1. ``hash`` must equal ``ledger.chain.event_hash(prev_hash, line)`` — SHA-256 over the
-       line's ``prev_hash``, U+001E, and its content fields (:data:`ledger.chain.
-       CONTENT_FIELDS`) joined by U+001F, times as integer microseconds since the epoch, null
-       as the empty string. An **edited** line fails here.
+       line's ``prev_hash`` and content fields in the encoding its ``hash_format`` names
+       (:mod:`ledger.chain`). An **edited** line fails here.
     2. ``prev_hash`` must equal the previous line's ``hash``. A **dropped**, **inserted**,
        **duplicated** or **reordered** line fails here (on the line after the gap).
 
@@ -46,6 +45,7 @@ from django.db.models import Max, Min, Q
 
 from ledger import chain
 from ledger.errors import LedgerError, NotFound
+from ledger.files import require_regular_file
 from ledger.models import CorrectionEvent
 from ledger.schema import EventRecord
 
@@ -198,7 +198,8 @@ def _csv_lines(handle: IO[str]) -> Iterator[tuple[int, dict]]:
     header = next(reader, None)
     if header is None:
         return
-    missing = [name for name in ("prev_hash", "hash", *chain.CONTENT_FIELDS) if name not in header]
+    required = ("prev_hash", "hash", *chain.CONTENT_FIELDS_V1)
+    missing = [name for name in required if name not in header]
     if missing:
         raise _Bad(1, f"CSV header lacks {', '.join(missing)}")
     for row in reader:
@@ -218,7 +219,7 @@ def _detect(handle: IO[str]) -> str:
             return "jsonl" if char == "{" else "csv"
 
 
-def _check(handle: IO[str], fmt: str, result: CheckResult) -> None:
+def _check(handle: IO[str], fmt: str, result: CheckResult, anchored: dict[int, str]) -> None:
     lines = _jsonl_lines(handle) if fmt == "jsonl" else _csv_lines(handle)
     previous: str | None = None
     for number, record in lines:
@@ -246,6 +247,12 @@ def _check(handle: IO[str], fmt: str, result: CheckResult) -> None:
         current_id = _int_or_none(event_id)
         if current_id is None:
             raise _Bad(number, f"{label}: id is not an integer")
+        if current_id in anchored and anchored[current_id] != stored:
+            raise _Bad(
+                number,
+                f"{label}: an external anchor recorded hash {anchored[current_id][:16]}… for "
+                "this event (rewritten and re-hashed)",
+            )
         if result.last_event_id is not None and current_id <= result.last_event_id:
             raise _Bad(number, f"{label}: event ids do not increase (lines reordered or id edited)")
         previous = stored
@@ -267,14 +274,18 @@ def check_export(
     fmt: str | None = None,
     expect_first_prev: str | None = None,
     expect_last_hash: str | None = None,
+    anchored: dict[int, str] | None = None,
 ) -> CheckResult:
     """Check an exported file offline; see the module docstring for the rules.
 
     ``fmt`` is detected from the content when not given (a ``{`` first means JSON Lines).
     ``expect_first_prev`` / ``expect_last_hash`` anchor the file's ends to values taken from
-    the ledger, which also catches lines removed at the start or the end.
+    the ledger, which also catches lines removed at the start or the end. ``anchored`` maps
+    event ids to the hashes external anchors recorded (:mod:`ledger.anchors`): a line of an
+    anchored event must carry that hash, which catches a rewritten and re-hashed file.
     """
     if isinstance(path_or_file, str | os.PathLike):
+        require_regular_file(str(path_or_file), "export")
         try:
             handle = open(path_or_file, encoding="utf-8", newline="")  # noqa: SIM115
         except OSError as error:
@@ -296,7 +307,7 @@ def check_export(
             raise LedgerError(f"check-export: unknown format {fmt!r}; use jsonl or csv")
         result = CheckResult(ok=True, format=fmt, events=0)
         try:
-            _check(handle, fmt, result)
+            _check(handle, fmt, result, anchored or {})
         except _Bad as bad:
             result.ok = False
             result.first_bad_line = bad.line
@@ -309,7 +320,10 @@ def check_export(
     finally:
         if close:
             handle.close()
-    if expect_first_prev is not None and result.first_prev_hash != expect_first_prev:
+    if result.events == 0:
+        result.ok = False
+        result.problem = "the file holds no events"
+    elif expect_first_prev is not None and result.first_prev_hash != expect_first_prev:
         result.ok = False
         result.first_bad_line = 1
         result.problem = (

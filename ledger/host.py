@@ -61,7 +61,7 @@ __all__ = [
     "currency_codes",
     "missing_exchange_rates",
     "recompute_access",
-    "simulate_update_status",
+    "simulate_recompute",
 ]
 
 USD = "USD"
@@ -90,15 +90,19 @@ def missing_exchange_rates(codes: Iterable[str | None], on: datetime.date) -> li
     return sorted((c or "(none)") for c in wanted if c not in stored)
 
 
-def simulate_update_status(access: OpportunityAccess, work_ids: Sequence[int]) -> int:
-    """Run the host's ``update_status`` on some works of ``access``; return the new accrual.
+def simulate_recompute(access: OpportunityAccess) -> int:
+    """What the host's full recompute of ``access`` would do; return the new accrual.
 
-    Meant for a transaction the caller rolls back. The host assigns and saves
-    ``payment_accrued`` on the object it is given, so it gets a copy: the caller's object
-    keeps the accrual as it is now.
+    The same computation as ``update_payment_accrued_for_user(access, incremental=False)`` —
+    the host's ``update_status`` over every completed work of the access — without taking the
+    accrual lock: meant for a transaction the caller has locked its rows in and rolls back. The
+    host assigns and saves ``payment_accrued`` on the object it is given, so it gets a copy: the
+    caller's object keeps the accrual as it is now.
     """
     scratch = copy.copy(access)
-    works = CompletedWork.objects.filter(pk__in=list(work_ids)).select_related("payment_unit")
+    works = CompletedWork.objects.filter(opportunity_access_id=access.pk).select_related(
+        "payment_unit"
+    )
     update_status(works, scratch, compute_payment=True)
     return scratch.payment_accrued
 

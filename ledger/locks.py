@@ -6,11 +6,13 @@ holds the same lock, so a recompute that read the visits before the flip cannot 
 stale result afterwards.
 
 A lock implementation is a callable ``(access_ids, wait) -> release``. It takes every lock or
-none: if it cannot have them all within ``wait`` seconds it releases what it took and raises
-:class:`~ledger.errors.LockBusy`, and the projector backs off and retries — it never sits on
-some locks while waiting for others, which is how a lock-order inversion with live traffic
-becomes a stall. The caller calls ``release()`` once its transaction has ended, committed or
-rolled back.
+none: it tries each lock without blocking, keeps the ones it got, and tries the busy ones again
+a moment later — requests holding them finish and release them, and new requests for an
+access already taken queue behind the projection — until it has them all; if that takes
+longer than ``wait`` seconds it releases what it took and raises
+:class:`~ledger.errors.LockBusy`, and the projector backs off and retries. It never blocks on a
+lock, so it is never one side of a deadlock. The caller calls ``release()`` once its
+transaction has ended, committed or rolled back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ledger.errors import LockBusy
 
 LOCK_NAME = "update_payment_accrued_lock_{}"
 LOCK_TIMEOUT = 900  # seconds; the host's own expiry for this lock
+
+
+POLL = 0.01  # seconds between rounds of attempts on the locks still busy
 
 
 def redis_access_lock(access_ids: Sequence[int], wait: float) -> Callable[[], None]:
@@ -41,14 +46,22 @@ def redis_access_lock(access_ids: Sequence[int], wait: float) -> Callable[[], No
             except Exception:  # noqa: BLE001 - expired or already released: nothing to free
                 pass
 
+    missing = sorted(set(access_ids))
     try:
-        for access_id in sorted(access_ids):
-            lock = cache.lock(LOCK_NAME.format(access_id), timeout=LOCK_TIMEOUT)
-            remaining = max(0.0, deadline - time.monotonic())
-            if not lock.acquire(blocking=True, blocking_timeout=remaining):
-                raise LockBusy(f"the accrual lock of access {access_id} is held elsewhere")
-            held.append(lock)
+        while True:
+            busy = []
+            for access_id in missing:
+                lock = cache.lock(LOCK_NAME.format(access_id), timeout=LOCK_TIMEOUT)
+                if lock.acquire(blocking=False):
+                    held.append(lock)
+                else:
+                    busy.append(access_id)
+            if not busy:
+                return release
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"the accrual lock of access {busy[0]} is held elsewhere")
+            missing = busy
+            time.sleep(POLL)
     except BaseException:
         release()
         raise
-    return release

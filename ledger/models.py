@@ -1,8 +1,9 @@
 """The ledger's records and the database guards that keep them honest.
 
 * :class:`CorrectionBatch` — one reviewed correction: its planner, scope, reason, operators and
-  lifecycle. State transitions (planned → applied → undone, planned → discarded) are enforced
-  by a database trigger, and a batch can be reverted at most once (a unique one-to-one).
+  lifecycle. State transitions (planned → applied → undone, with partially_undone between when
+  an undo skipped units; planned → discarded) are enforced by a database trigger. Each event is
+  inverted at most once (a unique one-to-one between events), so no batch is undone twice.
 * :class:`PlannedChange` — what a planned batch would flip, with exclusions and why. Frozen by
   a trigger once its batch leaves ``planned``.
 * :class:`CorrectionEvent` — one status flip. UPDATE, DELETE and TRUNCATE are refused by the
@@ -10,6 +11,8 @@
   to the previous event's (see :mod:`ledger.chain`).
 * :class:`AccrualRecompute` — one row per (batch, access), written in the projection's
   transaction so a crash before the recompute finishes leaves visible, resumable work.
+* :class:`LedgerHead` — one row: the chain's head. Locking it serialises every ledger write, so
+  event ids, chain order and database-clock times agree whatever the isolation level.
 
 Entity, opportunity and access ids are plain integers, not foreign keys: history must outlive
 host rows, and the ledger's migrations must not depend on the host's.
@@ -22,6 +25,9 @@ import uuid
 import pgtrigger
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
+
+from ledger import guards
 
 
 class Planner(models.TextChoices):
@@ -33,6 +39,7 @@ class Planner(models.TextChoices):
 class BatchState(models.TextChoices):
     planned = "planned", "Planned"
     applied = "applied", "Applied"
+    partially_undone = "partially_undone", "Partially undone"
     undone = "undone", "Undone"
     discarded = "discarded", "Discarded"
 
@@ -50,26 +57,12 @@ class ExclusionReason(models.TextChoices):
     suspended = "suspended", "Suspended access (skipped on request)"
     trial = "trial", "Trial visit (never flipped)"
     already_target = "already_target", "Already has the target status"
+    would_not_hold = "would_not_hold", "The host's recompute would not keep the planned status"
 
 
 class RecomputeState(models.TextChoices):
     pending = "pending", "Pending"
     done = "done", "Done"
-
-
-def _protect(name: str, operation) -> pgtrigger.Protect:
-    return pgtrigger.Protect(name=name, operation=operation)
-
-
-def _refuse_truncate(name: str) -> pgtrigger.Trigger:
-    """pgtrigger's Protect is row-level; TRUNCATE needs a statement-level trigger."""
-    return pgtrigger.Trigger(
-        name=name,
-        operation=pgtrigger.Truncate,
-        level=pgtrigger.Statement,
-        when=pgtrigger.Before,
-        func="RAISE EXCEPTION 'pgtrigger: Cannot truncate % table', TG_TABLE_NAME;",
-    )
 
 
 class CorrectionBatch(models.Model):
@@ -79,18 +72,23 @@ class CorrectionBatch(models.Model):
     scope = models.JSONField(default=dict, blank=True, help_text="Opportunities and options.")
     reason = models.TextField()
     ticket = models.CharField(max_length=200, blank=True, default="")
-    planned_by = models.CharField(max_length=150)
+    planned_by = models.CharField(max_length=150, help_text="Username of who planned it.")
+    approved_by = models.CharField(
+        max_length=150, blank=True, default="", help_text="Who reviewed the priced plan."
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
     applied_by = models.CharField(max_length=150, blank=True, default="")
     plan_digest = models.CharField(max_length=64)
-    reverts = models.OneToOneField(
+    reverts = models.ForeignKey(
         "self",
         on_delete=models.PROTECT,
         null=True,
         blank=True,
         related_name="reverted_by",
-        help_text="The batch this undo batch reverts; unique, so a batch is undone at most once.",
+        help_text="The batch this undo batch reverts (an undo that skipped units leaves the "
+        "rest for a later undo; each event is inverted at most once).",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())
     applied_at = models.DateTimeField(null=True, blank=True)
     undone_at = models.DateTimeField(null=True, blank=True)
     discarded_at = models.DateTimeField(null=True, blank=True)
@@ -100,6 +98,11 @@ class CorrectionBatch(models.Model):
     class Meta:
         verbose_name_plural = "correction batches"
         ordering = ["-created_at"]
+        permissions = [
+            ("plan_correction", "Can plan corrections"),
+            ("approve_correction", "Can approve a correction someone else planned"),
+            ("apply_correction", "Can apply and undo corrections"),
+        ]
         indexes = [models.Index(fields=["state", "created_at"])]
         constraints = [
             models.CheckConstraint(
@@ -107,16 +110,18 @@ class CorrectionBatch(models.Model):
             ),
         ]
         triggers = [
-            pgtrigger.FSM(
+            guards.FSM(
                 name="ledger_batch_state_transitions",
                 field="state",
                 transitions=[
                     (BatchState.planned, BatchState.applied),
                     (BatchState.planned, BatchState.discarded),
                     (BatchState.applied, BatchState.undone),
+                    (BatchState.applied, BatchState.partially_undone),
+                    (BatchState.partially_undone, BatchState.undone),
                 ],
             ),
-            pgtrigger.ReadOnly(
+            guards.ReadOnly(
                 name="ledger_batch_identity_read_only",
                 fields=[
                     "id",
@@ -128,10 +133,23 @@ class CorrectionBatch(models.Model):
                     "plan_digest",
                     "reverts",
                     "created_at",
+                    "summary",
                 ],
             ),
-            _protect("ledger_batch_no_delete", pgtrigger.Delete),
-            _refuse_truncate("ledger_batch_no_truncate"),
+            guards.set_once(
+                "ledger_batch_lifecycle_set_once",
+                {
+                    "approved_by": "OLD.approved_by = ''",
+                    "approved_at": "OLD.approved_at IS NULL",
+                    "applied_by": "OLD.applied_by = ''",
+                    "applied_at": "OLD.applied_at IS NULL",
+                    "undone_at": "OLD.undone_at IS NULL",
+                    "discarded_at": "OLD.discarded_at IS NULL",
+                    "skipped_conflicts": "OLD.state = 'planned'",
+                },
+            ),
+            guards.protect("ledger_batch_no_delete", pgtrigger.Delete),
+            guards.refuse_truncate("ledger_batch_no_truncate"),
         ]
 
     def __str__(self) -> str:
@@ -177,6 +195,12 @@ class PlannedChange(models.Model):
         max_length=20, choices=ExclusionReason.choices, blank=True, default=""
     )
     suspended = models.BooleanField(default=False)
+    prev_event_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The entity's latest ledger event when planned."
+    )
+    members = models.TextField(
+        null=True, blank=True, help_text="A work's visits when planned: 'id:status,…' by id."
+    )
 
     class Meta:
         indexes = [
@@ -184,13 +208,13 @@ class PlannedChange(models.Model):
             models.Index(fields=["entity_kind", "entity_id"], name="ledger_planned_entity"),
         ]
         triggers = [
-            pgtrigger.Trigger(
+            guards.Trigger(
                 name="ledger_planned_change_frozen",
                 operation=pgtrigger.Update | pgtrigger.Delete,
                 when=pgtrigger.Before,
                 func=_FROZEN_UNLESS_PLANNED,
             ),
-            pgtrigger.Trigger(
+            guards.Trigger(
                 name="ledger_planned_change_insert",
                 operation=pgtrigger.Insert,
                 level=pgtrigger.Statement,
@@ -198,7 +222,7 @@ class PlannedChange(models.Model):
                 referencing=pgtrigger.Referencing(new="new_rows"),
                 func=_INSERT_ONLY_WHILE_PLANNED,
             ),
-            _refuse_truncate("ledger_planned_change_no_truncate"),
+            guards.refuse_truncate("ledger_planned_change_no_truncate"),
         ]
 
 
@@ -226,7 +250,16 @@ class CorrectionEvent(models.Model):
     )
     prior_status_modified_date = models.DateTimeField(null=True, blank=True)
     new_status_modified_date = models.DateTimeField(null=True, blank=True)
-    recorded_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(help_text="The database's clock, under the ledger lock.")
+    prev_event_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The entity's previous ledger event (None: its first)."
+    )
+    members = models.TextField(
+        null=True, blank=True, help_text="A work's visits after the flip: 'id:status,…' by id."
+    )
+    hash_format = models.SmallIntegerField(
+        db_default=1, help_text="Which content encoding the hash covers (ledger.chain)."
+    )
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
 
@@ -243,8 +276,8 @@ class CorrectionEvent(models.Model):
             models.Index(fields=["recorded_at", "id"], name="ledger_event_recorded"),
         ]
         triggers = [
-            _protect("ledger_event_append_only", pgtrigger.Update | pgtrigger.Delete),
-            _refuse_truncate("ledger_event_no_truncate"),
+            guards.protect("ledger_event_append_only", pgtrigger.Update | pgtrigger.Delete),
+            guards.refuse_truncate("ledger_event_no_truncate"),
         ]
 
     def __str__(self) -> str:
@@ -261,7 +294,7 @@ class AccrualRecompute(models.Model):
     accrual_before = models.BigIntegerField(help_text="payment_accrued when projected.")
     accrual_after = models.BigIntegerField(null=True, blank=True)
     projected_after = models.BigIntegerField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())
     done_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -277,15 +310,105 @@ class AccrualRecompute(models.Model):
             models.Index(fields=["access_id", "batch"], name="ledger_recompute_access"),
         ]
         triggers = [
-            pgtrigger.FSM(
+            guards.FSM(
                 name="ledger_recompute_state_transitions",
                 field="state",
                 transitions=[(RecomputeState.pending, RecomputeState.done)],
             ),
-            pgtrigger.ReadOnly(
+            guards.ReadOnly(
                 name="ledger_recompute_identity_read_only",
-                fields=["batch", "access_id", "opportunity_id", "accrual_before", "created_at"],
+                fields=[
+                    "batch",
+                    "access_id",
+                    "opportunity_id",
+                    "accrual_before",
+                    "projected_after",
+                    "created_at",
+                ],
             ),
-            _protect("ledger_recompute_no_delete", pgtrigger.Delete),
-            _refuse_truncate("ledger_recompute_no_truncate"),
+            guards.Trigger(
+                name="ledger_recompute_done_is_final",
+                operation=pgtrigger.Update,
+                when=pgtrigger.Before,
+                func="""
+                    IF OLD.state = 'done' THEN
+                        RAISE EXCEPTION 'ledger: recompute % is done and final', OLD.id
+                            USING ERRCODE = 'restrict_violation';
+                    END IF;
+                    IF NEW.state = 'done' AND NEW.done_at IS NULL THEN
+                        RAISE EXCEPTION 'ledger: a done recompute records when it was done'
+                            USING ERRCODE = 'restrict_violation';
+                    END IF;
+                    RETURN NEW;
+                """,
+            ),
+            guards.protect("ledger_recompute_no_delete", pgtrigger.Delete),
+            guards.refuse_truncate("ledger_recompute_no_truncate"),
         ]
+
+
+class LedgerHead(models.Model):
+    """The chain's head, one row. ``SELECT … FOR UPDATE`` on it is the ledger's write lock.
+
+    A row lock rather than an advisory lock: under REPEATABLE READ a head that moved after the
+    transaction's snapshot makes the lock fail with a serialization error (retried), where an
+    advisory lock would let the writer chain onto a stale head.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    event_id = models.BigIntegerField(null=True, blank=True)
+    event_hash = models.CharField(max_length=64)
+    events = models.BigIntegerField(default=0)
+    entry_id = models.BigIntegerField(null=True, blank=True)
+    entry_hash = models.CharField(max_length=64, default="0" * 64)
+    entries = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="ledger_head_single_row")]
+        triggers = [
+            guards.protect("ledger_head_no_delete", pgtrigger.Delete),
+            guards.refuse_truncate("ledger_head_no_truncate"),
+        ]
+
+
+class BatchAction(models.TextChoices):
+    plan = "plan", "Planned"
+    approve = "approve", "Approved"
+    apply = "apply", "Applied"
+    undo = "undo", "Undone"
+    discard = "discard", "Discarded"
+
+
+class BatchEntry(models.Model):
+    """One step in a batch's life — planned, approved, applied, undone, discarded — as a chained,
+    append-only entry naming the Django user who took it.
+
+    The batch row's lifecycle columns are a convenience; these entries are the record, and
+    ``verify`` holds the two to each other, so a forged operator or time is caught. They have
+    their own hash chain (``ledger.chain``), in step with the events' through the chain head.
+    """
+
+    batch = models.ForeignKey(
+        CorrectionBatch, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
+    action = models.CharField(max_length=10, choices=BatchAction.choices)
+    actor = models.CharField(max_length=150, help_text="The user's username.")
+    actor_id = models.BigIntegerField(help_text="The user's primary key.")
+    at = models.DateTimeField(help_text="The database's clock, under the ledger lock.")
+    details = models.TextField(help_text="Canonical JSON: what the step did (digests, counts).")
+    hash_format = models.SmallIntegerField(default=2)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        verbose_name_plural = "batch entries"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["batch", "id"], name="ledger_entry_batch")]
+        triggers = [
+            guards.protect("ledger_entry_append_only", pgtrigger.Update | pgtrigger.Delete),
+            guards.refuse_truncate("ledger_entry_no_truncate"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.batch_id} by {self.actor}"

@@ -2,26 +2,29 @@
 
 The figures must not come from a second formula that can drift from the host's: the planned
 flips are written inside a transaction that is always rolled back, the host's ``update_status``
-recomputes the flipped works there, and the saved pay fields are read before and after. The
-simulation holds row locks only for its own short transaction.
+recomputes every work of each affected access there — exactly what the recompute after apply
+will do — and the saved pay fields are read before and after. So the projected accrual is the
+one the apply will produce, and a planned work the host would move elsewhere is seen before it
+is applied. The simulation locks its rows NOWAIT and holds them only for its own short
+transaction.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
 from django.db.models import Sum
-from django.utils import timezone
 
-from ledger import host
+from ledger import conf, host
 from ledger.errors import LedgerError
 from ledger.host import CompletedWork, OpportunityAccess, Payment, UserVisit
 from ledger.models import EntityKind
 from ledger.planners.rows import PlannedRow, table
+from ledger.retry import with_backoff
+from ledger.sql import db_now, lock_rows_nowait
 
 ZERO = Decimal(0)
 _SUMS = (
@@ -71,15 +74,18 @@ def _write_statuses(model, pairs: list[tuple[int, str]], stamp) -> None:
     """Write statuses as the projector will: the new status and ``status_modified_date``.
 
     The stamp matters: the host prices approved work in USD at the rate of the day its status
-    changed.
+    changed. Rows are locked NOWAIT first, as the projector locks them: a dry run must not
+    queue behind live traffic while holding rows it needs either.
     """
     if not pairs:
         return
+    ids = [p[0] for p in pairs]
+    lock_rows_nowait(model, ("status",), ids, strength="UPDATE")
     with connection.cursor() as cursor:
         cursor.execute(
             f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = %s
                 FROM unnest(%s::bigint[], %s::text[]) AS u(id, status) WHERE t.id = u.id""",
-            [stamp, [p[0] for p in pairs], [p[1] for p in pairs]],
+            [stamp, ids, [p[1] for p in pairs]],
         )
 
 
@@ -107,16 +113,53 @@ def _refuse_network_rates(flips: list[PlannedRow], accesses: dict) -> None:
         )
 
 
-def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
-    """Per access: the accrual change the flips in ``rows`` would cause, by the host's rules."""
+@dataclass
+class Pricing:
+    prices: dict[int, AccessPrice]
+    # Planned works the host's recompute would not leave with their planned status: id -> the
+    # status it would give them instead.
+    unstable: dict[int, str]
+
+
+def _simulate(flips: list[PlannedRow], accesses: dict) -> tuple[dict, dict, dict[int, str]]:
+    """Flip, let the host recompute, read the figures, roll back. One attempt."""
+    access_ids = sorted(accesses)
+    planned = {r.entity_id: r.to_status for r in flips if r.entity_kind == "completed_work"}
+    with transaction.atomic():
+        stamp = db_now()
+        _write_statuses(
+            CompletedWork,
+            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "completed_work"],
+            stamp,
+        )
+        _write_statuses(
+            UserVisit,
+            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"],
+            stamp,
+        )
+        # The host's recompute writes every work of the access and saves the access: lock them
+        # NOWAIT like the rest.
+        lock_rows_nowait(
+            CompletedWork, ("status",), access_ids, by="opportunity_access_id", strength="UPDATE"
+        )
+        lock_rows_nowait(OpportunityAccess, ("payment_accrued",), access_ids)
+        before = _access_sums(access_ids)  # what the works hold now (saved figures untouched)
+        for access_id in access_ids:
+            host.simulate_recompute(accesses[access_id])
+        after = _access_sums(access_ids)
+        held = dict(CompletedWork.objects.filter(pk__in=list(planned)).values_list("pk", "status"))
+        transaction.set_rollback(True)
+    unstable = {pk: held.get(pk) or "(gone)" for pk, to in planned.items() if held.get(pk) != to}
+    return before, after, unstable
+
+
+def price(rows: Iterable[PlannedRow], progress: Callable[[str], None] | None = None) -> Pricing:
+    """Per access: the accrual change the flips in ``rows`` would cause, by the host's rules;
+    and the planned works whose planned status the host's recompute would not keep."""
     flips = [r for r in rows if not r.excluded]
-    works_by_access: dict[int, list[int]] = defaultdict(list)
-    for r in flips:
-        if r.entity_kind == EntityKind.completed_work and r.access_id is not None:
-            works_by_access[r.access_id].append(r.entity_id)
     access_ids = sorted({r.access_id for r in flips if r.access_id is not None})
     if not access_ids:
-        return {}
+        return Pricing({}, {})
 
     accesses = {
         a.pk: a
@@ -133,24 +176,16 @@ def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
         .order_by()
         .values_list("opportunity_access_id", "total")
     )
-    before = _access_sums(access_ids)
-
-    with transaction.atomic():
-        stamp = timezone.now()
-        _write_statuses(
-            UserVisit,
-            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"],
-            stamp,
+    if progress:
+        progress(
+            f"pricing {len(flips)} flips across {len(access_ids)} accesses by the host's rules"
         )
-        _write_statuses(
-            CompletedWork,
-            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "completed_work"],
-            stamp,
-        )
-        for access_id, work_ids in works_by_access.items():
-            host.simulate_update_status(accesses[access_id], work_ids)
-        after = _access_sums(access_ids)
-        transaction.set_rollback(True)
+    before, after, unstable = with_backoff(
+        lambda: _simulate(flips, accesses),
+        deadline_seconds=conf.get("RETRY_SECONDS"),
+        progress=progress,
+        what="pricing",
+    )
 
     prices: dict[int, AccessPrice] = {}
     for access_id in access_ids:
@@ -172,4 +207,4 @@ def price(rows: Iterable[PlannedRow]) -> dict[int, AccessPrice]:
             org_change_usd=Decimal(a[3]) - Decimal(b[3]),
             paid_to_date=paid.get(access_id) or ZERO,
         )
-    return prices
+    return Pricing(prices, unstable)

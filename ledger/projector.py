@@ -2,16 +2,24 @@
 
 ``project`` runs inside the caller's transaction and, for one batch:
 
-1. takes the ledger's advisory lock, so events are chained and committed one batch at a time
-   (event order is commit order);
-2. takes the host's per-access accrual lock through the ``LEDGER_ACCESS_LOCK`` hook, so a host
-   recompute cannot write back statuses it read before the flip;
-3. locks the target rows in id order (``FOR NO KEY UPDATE``: new visits may still reference
-   the works) and compares each row's status with the event's from status;
-4. on conflict refuses the whole batch with a per-entity list — or, when asked, skips every
-   unit (a completed work with its visits) that has a conflicting member;
-5. updates visits and works set-based, bulk-inserts the chained events, and writes one pending
-   accrual recompute row per affected access.
+1. locks the chain head — the ledger's write lock — and reads the database clock once, so event
+   ids, chain order and ``recorded_at`` agree whatever the isolation level or the clocks of the
+   application servers;
+2. locks the units' rows with NOWAIT — each work ``FOR UPDATE`` (no visit can join it until the
+   commit) and every visit of those works ``FOR NO KEY UPDATE`` — then takes the host's per-access
+   accrual locks, all or none within a bounded wait. Rows before the accrual lock is the host's
+   own order; and because the projector never waits on a lock that live traffic holds, a
+   request can wait for a projection but never deadlock with one. When something is busy the
+   error (SQLSTATE 55P03, or :class:`~ledger.errors.LockBusy`) rolls the transaction back and
+   the caller retries later (:mod:`ledger.retry`);
+3. compares each unit's whole expected state: every member's status, the work each visit
+   belongs to, the visits (with statuses) each work holds, and each entity's latest ledger
+   event — the one the plan saw, or for an undo the event it inverts;
+4. on conflict refuses the whole batch with a per-entity list naming what differs and which
+   batch owns the current state — or, when asked, skips every unit with a conflicting member;
+5. updates visits and works set-based, appends the chained events (each naming the entity's
+   previous event), writes one pending accrual recompute row per affected access, and moves
+   the head.
 
 No event without its change and no change without its event: both happen in one transaction.
 """
@@ -19,6 +27,7 @@ No event without its change and no change without its event: both happen in one 
 from __future__ import annotations
 
 import datetime
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -27,19 +36,22 @@ from django.db import connection
 
 from ledger import chain, conf, host
 from ledger.errors import ConflictError
+from ledger.head import lock_head, move_events
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
-from ledger.sql import CHUNK, insert_rows, table
+from ledger.sql import CHUNK, db_now, insert_rows, lock_rows_nowait, table
+from ledger.state import latest_events, members_text
 
-LEDGER_LOCK = (0x4C454447, 1)  # "LEDG": serialises every ledger write
 FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
+VISIT = EntityKind.visit.value
+WORK = EntityKind.completed_work.value
 
 
 class Flip(NamedTuple):
     entity_kind: str
     entity_id: int
-    completed_work_id: int | None
+    completed_work_id: int | None  # the unit: the work itself, or a visit's work
     opportunity_id: int
     access_id: int | None
     xform_id: str | None
@@ -48,6 +60,10 @@ class Flip(NamedTuple):
     inverts_id: int | None = None
     # For undo: the status_modified_date to restore; None means "now".
     restore_status_modified_date: datetime.datetime | None = None
+    # The entity's latest ledger event expected now (None: it has none).
+    prev_event_id: int | None = None
+    # For a work: the visits (``id:status,…``) it is expected to hold now.
+    members: str | None = None
 
 
 @dataclass
@@ -57,44 +73,94 @@ class Projection:
     works: int = 0
     access_ids: list[int] = field(default_factory=list)
     skipped: list[Conflict] = field(default_factory=list)
+    recorded_at: datetime.datetime | None = None
 
 
-def _lock_rows(model, ids: list[int]) -> dict[int, tuple[str, datetime.datetime | None]]:
-    found: dict[int, tuple[str, datetime.datetime | None]] = {}
-    with connection.cursor() as cursor:
-        for start in range(0, len(ids), CHUNK):
-            cursor.execute(
-                f"""SELECT id, status, status_modified_date FROM {table(model)}
-                    WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE""",
-                [ids[start : start + CHUNK]],
-            )
-            for pk, status, modified in cursor.fetchall():
-                found[pk] = (status, modified)
+@dataclass
+class _Now:
+    """What the rows look like under the projection's locks."""
+
+    works: dict[int, tuple]  # id -> (status, status_modified_date, access id)
+    visits: dict[int, tuple]  # id -> (status, status_modified_date, completed_work_id)
+    members: dict[int, dict[int, str]]  # work id -> {visit id: status}
+    latest: dict[tuple[str, int], tuple[int, str]]  # (kind, id) -> (event id, batch id)
+    live: dict[tuple[str, int], tuple[int, str]]  # the same, passing over undone events
+
+
+def _lock_units(flips: Sequence[Flip]) -> _Now:
+    work_ids = sorted({f.entity_id for f in flips if f.entity_kind == WORK})
+    visit_ids = sorted({f.entity_id for f in flips if f.entity_kind == VISIT})
+    works = lock_rows_nowait(
+        CompletedWork,
+        ("status", "status_modified_date", "opportunity_access_id"),
+        work_ids,
+        strength="UPDATE",  # no visit joins a locked work before the commit
+    )
+    columns = ("status", "status_modified_date", "completed_work_id")
+    visits = lock_rows_nowait(UserVisit, columns, visit_ids)
+    visits.update(lock_rows_nowait(UserVisit, columns, work_ids, by="completed_work_id"))
+    members: dict[int, dict[int, str]] = {pk: {} for pk in works}
+    for pk, (status, _, work_id) in visits.items():
+        if work_id in members:
+            members[work_id][pk] = status
+    pairs = [(f.entity_kind, f.entity_id) for f in flips]
+    latest = latest_events(pairs)
+    undoing = [(f.entity_kind, f.entity_id) for f in flips if f.inverts_id is not None]
+    return _Now(works, visits, members, latest, latest_events(undoing, live=True))
+
+
+def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, object, object]]:
+    """What of the unit member's expected state no longer holds: ``(what, expected, found)``."""
+    found: list[tuple[str, object, object]] = []
+    if row is None:
+        return [("missing", f.entity_id, None)]
+    if row[0] != f.from_status:
+        found.append(("status", f.from_status, row[0]))
+    elif f.entity_kind == VISIT and row[2] != f.completed_work_id:
+        found.append(("completed_work", f.completed_work_id, row[2]))
+    elif f.entity_kind == WORK and f.members is not None:
+        holds = members_text(now.members.get(f.entity_id, {}))
+        if holds != f.members:
+            found.append(("visits", f.members or "(none)", holds or "(none)"))
+    latest = _expected_against(f, now)
+    if (latest[0] if latest else None) != f.prev_event_id:
+        found.append(("latest_event", f.prev_event_id, latest[0] if latest else None))
     return found
 
 
-def _unit(flip: Flip) -> tuple[str, int]:
-    if flip.completed_work_id is not None:
-        return ("work", flip.completed_work_id)
-    return (flip.entity_kind, flip.entity_id)
+def _expected_against(f: Flip, now: _Now) -> tuple[int, str] | None:
+    """The event an expectation is compared with: for an undo, the latest one still in force."""
+    source = now.live if f.inverts_id is not None else now.latest
+    return source.get((f.entity_kind, f.entity_id))
 
 
-def _find_conflicts(flips: Sequence[Flip], current: dict) -> list[Conflict]:
-    conflicts = []
+def _conflicts(flips: Sequence[Flip], now: _Now) -> list[Conflict]:
+    conflicts: list[Conflict] = []
     for f in flips:
-        found = current.get((f.entity_kind, f.entity_id))
-        status = found[0] if found else None
-        if status != f.from_status:
+        row = (now.works if f.entity_kind == WORK else now.visits).get(f.entity_id)
+        latest = _expected_against(f, now)
+        # Another batch owns the current state when the entity's latest event is not the one
+        # this batch expects.
+        owner = latest[1] if latest and latest[0] != f.prev_event_id else None
+        for what, expected, actual in _differences(f, row, now):
             conflicts.append(
                 Conflict(
                     entity_kind=f.entity_kind,
                     entity_id=f.entity_id,
                     completed_work_id=f.completed_work_id,
                     expected_status=f.from_status,
-                    found_status=status,
+                    found_status=row[0] if row else None,
+                    what=what,
+                    expected=None if expected is None else str(expected),
+                    found=None if actual is None else str(actual),
+                    owner_batch=owner,
                 )
             )
     return conflicts
+
+
+def _unit(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
+    return (WORK, work_id) if work_id is not None else (kind, entity_id)
 
 
 def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> None:
@@ -106,16 +172,13 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
     """
     if not rows:
         return
-    groups: dict[tuple[str, datetime.datetime | None], list[int]] = {}
+    groups: dict[tuple[str, datetime.datetime | None], list[int]] = defaultdict(list)
     for pk, status, stamp in rows:
-        groups.setdefault((status, stamp), []).append(pk)
+        groups[(status, stamp)].append(pk)
         if len(groups) > FEW_GROUPS:
             break
     with connection.cursor() as cursor:
         if len(groups) <= FEW_GROUPS:
-            groups = {}
-            for pk, status, stamp in rows:
-                groups.setdefault((status, stamp), []).append(pk)
             for (status, stamp), ids in groups.items():
                 cursor.execute(
                     f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
@@ -134,19 +197,15 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
         )
 
 
-# The hashed content, in chain order, then the two hashes.
-_EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "prev_hash", "hash")
-
-
-def _last_hash() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT hash FROM {table(CorrectionEvent)} ORDER BY id DESC LIMIT 1")
-        row = cursor.fetchone()
-    return row[0] if row else chain.GENESIS
+# The hashed content, in chain order, then the format and the two hashes.
+_EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
 
 
 def _write_recomputes(
-    batch: CorrectionBatch, access_ids: list[int], projected: dict[int, int]
+    batch: CorrectionBatch,
+    access_ids: list[int],
+    projected: dict[int, int],
+    at: datetime.datetime,
 ) -> None:
     if not access_ids:
         return
@@ -156,18 +215,13 @@ def _write_recomputes(
                     (batch_id, access_id, opportunity_id, state, accrual_before,
                      projected_after, created_at)
                 SELECT %s, a.id, a.opportunity_id, 'pending', a.payment_accrued,
-                       p.projected, now()
+                       p.projected, %s
                 FROM {table(OpportunityAccess)} a
                 LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS p(id, projected)
                        ON p.id = a.id
                 WHERE a.id = ANY(%s)
                 ORDER BY a.id""",
-            [
-                batch.pk,
-                list(projected),
-                list(projected.values()),
-                access_ids,
-            ],
+            [batch.pk, at, list(projected), list(projected.values()), access_ids],
         )
 
 
@@ -177,8 +231,8 @@ def project(
     *,
     reason: str,
     skip_conflicts: bool,
-    projected_accruals: dict[int, int] | None = None,
     releases: list[Callable[[], None]],
+    projected_accruals: dict[int, int] | None = None,
 ) -> Projection:
     """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``.
 
@@ -186,68 +240,80 @@ def project(
     through ``releases``: the caller calls each once its transaction has ended, whether it
     committed or rolled back.
     """
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", LEDGER_LOCK)
-
-    result = Projection()
+    head = lock_head()
+    head_id, head_hash = head.event_id, head.event_hash
+    now_at = db_now()
+    current = _lock_units(flips)
     access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
     lock = host.access_lock()
     if lock is not None and access_ids:
         releases.append(lock(access_ids, conf.get("ACCESS_LOCK_WAIT")))
 
-    work_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.completed_work})
-    visit_ids = sorted({f.entity_id for f in flips if f.entity_kind == EntityKind.visit})
-    current = {
-        (EntityKind.completed_work.value, pk): v
-        for pk, v in _lock_rows(CompletedWork, work_ids).items()
-    }
-    current.update(
-        {(EntityKind.visit.value, pk): v for pk, v in _lock_rows(UserVisit, visit_ids).items()}
-    )
-
-    conflicts = _find_conflicts(flips, current)
+    result = Projection(recorded_at=now_at)
+    conflicts = _conflicts(flips, current)
     if conflicts:
         if not skip_conflicts:
             raise ConflictError(
-                f"{len(conflicts)} entities no longer have the status the batch expects", conflicts
+                f"{len({(c.entity_kind, c.entity_id) for c in conflicts})} entities are no "
+                "longer as the batch expects",
+                conflicts,
             )
-        bad_units = {
-            ("work", c.completed_work_id) if c.completed_work_id is not None
-            else (c.entity_kind, c.entity_id)
-            for c in conflicts
-        }  # fmt: skip
+        bad = {_unit(c.entity_kind, c.entity_id, c.completed_work_id) for c in conflicts}
         result.skipped = conflicts
-        flips = [f for f in flips if _unit(f) not in bad_units]
+        flips = [
+            f for f in flips if _unit(f.entity_kind, f.entity_id, f.completed_work_id) not in bad
+        ]
+
+    # Each work's visits after the flip, recorded on its event.
+    after = {work_id: dict(visits) for work_id, visits in current.members.items()}
+    for f in flips:
+        if f.entity_kind == VISIT and f.completed_work_id in after:
+            after[f.completed_work_id][f.entity_id] = f.to_status
 
     # Flip and record a chunk at a time: memory stays bounded by the chunk, not the batch.
-    now = datetime.datetime.now(datetime.UTC)
-    prev = _last_hash()
-    visit_kind = EntityKind.visit.value
+    prev, last_id = head_hash, head_id
     batch_id = str(batch.pk)
     for start in range(0, len(flips), CHUNK):
         part = flips[start : start + CHUNK]
-        stamps = [f.restore_status_modified_date if f.inverts_id is not None else now for f in part]
-        flipped = [
-            (f.entity_kind, (f.entity_id, f.to_status, s))
-            for f, s in zip(part, stamps, strict=True)
+        stamps = [
+            f.restore_status_modified_date if f.inverts_id is not None else now_at for f in part
         ]
-        _update(UserVisit, [row for kind, row in flipped if kind == visit_kind])
-        _update(CompletedWork, [row for kind, row in flipped if kind != visit_kind])
+        _update(
+            UserVisit,
+            [(f.entity_id, f.to_status, s) for f, s in zip(part, stamps, strict=True)
+             if f.entity_kind == VISIT],
+        )  # fmt: skip
+        _update(
+            CompletedWork,
+            [(f.entity_id, f.to_status, s) for f, s in zip(part, stamps, strict=True)
+             if f.entity_kind == WORK],
+        )  # fmt: skip
         events = []
         for f, stamp in zip(part, stamps, strict=True):
+            is_work = f.entity_kind == WORK
+            row = (current.works if is_work else current.visits)[f.entity_id]
+            latest = current.latest.get((f.entity_kind, f.entity_id))
             values = (
                 batch_id, f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
                 f.access_id, f.xform_id, f.from_status, f.to_status, reason, f.inverts_id,
-                current[(f.entity_kind, f.entity_id)][1], stamp, now,
+                row[1], stamp, now_at, latest[0] if latest else None,
+                members_text(after.get(f.entity_id, {})) if is_work else None,
             )  # fmt: skip
             prev_hash, prev = prev, chain.hash_values(prev, values)
-            events.append((*values, prev_hash, prev))
+            events.append((*values, chain.CURRENT_FORMAT, prev_hash, prev))
         insert_rows(CorrectionEvent, _EVENT_COLUMNS, events)
         result.events += len(part)
-        result.visits += sum(1 for kind, _ in flipped if kind == visit_kind)
+        result.visits += sum(1 for f in part if f.entity_kind == VISIT)
     result.works = result.events - result.visits
-    touched = sorted({f.access_id for f in flips if f.access_id is not None})
-    _write_recomputes(batch, touched, projected_accruals or {})
+    if result.events:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT max(id) FROM {table(CorrectionEvent)} WHERE batch_id = %s", [batch.pk]
+            )
+            last_id = cursor.fetchone()[0]
+        move_events(last_id, prev, result.events, now_at)
 
+    touched = sorted({f.access_id for f in flips if f.access_id is not None})
+    _write_recomputes(batch, touched, projected_accruals or {}, now_at)
     result.access_ids = touched
     return result

@@ -83,11 +83,20 @@ class PlanReport(msgspec.Struct, kw_only=True):
 
 
 class Conflict(msgspec.Struct, kw_only=True):
+    """One entity whose state differs from what the batch expects (compare-and-set)."""
+
     entity_kind: str
     entity_id: int
     completed_work_id: int | None
     expected_status: str
     found_status: str | None
+    # What differs: status, completed_work (a visit moved), visits (a work's visits changed),
+    # latest_event (another ledger event came since), or missing (the row is gone).
+    what: str = "status"
+    expected: str | None = None
+    found: str | None = None
+    # The batch whose event set the entity's current state, when it is not the one expected.
+    owner_batch: str | None = None
 
 
 class AccessOutcome(msgspec.Struct, kw_only=True):
@@ -110,6 +119,9 @@ class RunReport(msgspec.Struct, kw_only=True):
     state: str
     action: str
     reverts: str | None = None
+    # After an undo: the reverted batch's state (undone, or partially_undone when units were
+    # skipped and remain to be undone).
+    reverted_state: str | None = None
     events: int = 0
     visits: int = 0
     works: int = 0
@@ -117,6 +129,10 @@ class RunReport(msgspec.Struct, kw_only=True):
     accesses: list[AccessOutcome] = []
     recomputed: int = 0
     pending_recomputes: int = 0
+    # Things an operator should look at that did not stop the command (accrual differences).
+    findings: list[str] = []
+    # The external anchor taken right after the projection, when anchoring is configured.
+    anchor: str | None = None
 
 
 class ScanOpportunity(msgspec.Struct, kw_only=True):
@@ -158,6 +174,9 @@ class EventRecord(msgspec.Struct, kw_only=True):
     prior_status_modified_date: datetime.datetime | None
     new_status_modified_date: datetime.datetime | None
     recorded_at: datetime.datetime
+    prev_event_id: int | None = None
+    members: str | None = None
+    hash_format: int = 1
     prev_hash: str
     hash: str
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import msgspec
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 
 from ledger.errors import LedgerError, NotFound
 from ledger.host import CompletedWork, Opportunity, OpportunityAccess, UserVisit
@@ -352,7 +352,13 @@ def history_queryset(resolved: Resolved) -> QuerySet:
             F("batch__planned_by"),
             F("batch__applied_by"),
             F("batch__reverts_id"),
-            F("batch__reverted_by__id"),
+            # The latest undo batch reverting this event's batch (an undo that skipped units
+            # can be followed by another).
+            Subquery(
+                CorrectionBatch.objects.filter(reverts=OuterRef("batch_id"))
+                .order_by("-created_at")
+                .values("id")[:1]
+            ),
             F("inverted_by__id"),
             F("inverted_by__batch_id"),
         )
@@ -534,7 +540,9 @@ def _batch_sql(where: str) -> str:
                CASE WHEN jsonb_typeof(b.skipped_conflicts) = 'array'
                     THEN jsonb_array_length(b.skipped_conflicts) ELSE 0 END
         FROM {batch} b
-        LEFT JOIN {batch} u ON u.reverts_id = b.id
+        LEFT JOIN LATERAL (
+            SELECT id, state FROM {batch} WHERE reverts_id = b.id ORDER BY created_at DESC LIMIT 1
+        ) u ON true
         CROSS JOIN LATERAL (
             SELECT count(*) AS events,
                    count(*) FILTER (WHERE e.entity_kind = 'visit') AS visits,

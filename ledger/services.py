@@ -6,15 +6,15 @@ only read, and :mod:`ledger.projector` is the only writer of host statuses.
 
 from __future__ import annotations
 
-import getpass
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
-from django.db import OperationalError, transaction
-from django.utils import timezone
+from django.db import DatabaseError, connection, transaction
+from django.db.models.functions import Now
 
-from ledger import host
+from ledger import conf, entries, host, people
 from ledger.errors import LedgerError, NotFound, WrongState
 from ledger.models import (
     AccrualRecompute,
@@ -24,31 +24,39 @@ from ledger.models import (
     Planner,
     RecomputeState,
 )
+from ledger.people import Actor
 from ledger.planners.over_cap import OverCapOptions, resolve_opportunities
 from ledger.planners.over_cap import plan_over_cap as over_cap_rows
-from ledger.planners.rows import PlannedRow, plan_digest
+from ledger.planners.rows import PlannedRow, plan_digest, with_expectations
 from ledger.planners.visit_list import VisitListOptions, plan_visit_list
 from ledger.pricing import AccessPrice, price
 from ledger.projector import Flip, project
 from ledger.reports import plan_report, scan_report
+from ledger.retry import SERIALIZATION_FAILURE, sqlstate, with_backoff
 from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_builtins
-from ledger.sql import insert_rows
+from ledger.sql import db_now, insert_rows
 
 Progress = Callable[[str], None]
-DEADLOCK_RETRIES = 3
+T = TypeVar("T")
+PRICING_PASSES = 3
 
 
-def default_operator() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "unknown"
+class StalePlan(WrongState):
+    """The rule that produced a plan no longer gives the same answer: re-plan."""
 
 
 def _require_reason(reason: str | None) -> str:
     if not reason or not reason.strip():
         raise LedgerError("a reason is required (--reason TEXT)")
     return reason.strip()
+
+
+def _check_ticket(ticket: str | None) -> str:
+    ticket = (ticket or "").strip()
+    limit = CorrectionBatch._meta.get_field("ticket").max_length
+    if len(ticket) > limit:
+        raise LedgerError(f"--ticket is longer than {limit} characters")
+    return ticket
 
 
 def _get_batch(batch_id: str, *, lock: bool = False) -> CorrectionBatch:
@@ -101,7 +109,7 @@ def _store_plan(
     prices: dict[int, AccessPrice],
     *,
     reason: str,
-    operator: str,
+    actor: Actor,
     ticket: str,
     scope: dict,
     duplicate_entries: list[str],
@@ -118,7 +126,7 @@ def _store_plan(
             planner=planner,
             reason=reason,
             ticket=ticket,
-            planned_by=operator,
+            planned_by=actor.username,
             plan_digest=digest,
             scope=scope,
             summary={"plan": to_builtins(report)},
@@ -128,31 +136,83 @@ def _store_plan(
             ("batch_id", *PlannedRow._fields),
             ((batch.pk, *row) for row in rows),
         )
+        entries.record(batch, "plan", actor, entries.plan_details(batch))
     return report
+
+
+def _leave_out(rows: list[PlannedRow], unstable: dict[int, str]) -> list[PlannedRow]:
+    """Exclude the units (a work with its visits) the host's recompute would not keep."""
+    return [
+        r._replace(excluded="would_not_hold")
+        if not r.excluded and r.completed_work_id in unstable
+        else r
+        for r in rows
+    ]
 
 
 def _priced_plan(
     planner: str,
     rows: list[PlannedRow],
     reason: str,
-    operator: str | None,
+    actor: Actor,
     ticket: str,
     scope: dict,
     duplicate_entries: list[str] | None = None,
+    *,
+    insist: bool = False,
+    progress: Progress | None = None,
 ) -> PlanReport:
-    """Price and store the rows as a planned batch; with nothing to flip, report and store none."""
+    """Price and store the rows as a planned batch; with nothing to flip, report and store none.
+
+    A plan must hold after the host's own recompute: a planned work the recompute would move
+    elsewhere (a rejected visit makes it rejected, say) is left out with reason
+    ``would_not_hold`` and the rest re-priced — or, for a list that insists on every unit it
+    names, the plan is refused.
+    """
     duplicate_entries = duplicate_entries or []
-    if not any(not r.excluded for r in rows):
-        return plan_report(None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries)
+    rows = with_expectations(rows)
+    prices: dict[int, AccessPrice] = {}
+    for _ in range(PRICING_PASSES):
+        if not any(not r.excluded for r in rows):
+            return plan_report(
+                None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries
+            )
+        pricing = price(rows, progress)
+        prices = pricing.prices
+        if not pricing.unstable:
+            break
+        if insist:
+            shown = ", ".join(
+                f"work {pk} would become {status}"
+                for pk, status in sorted(pricing.unstable.items())[:10]
+            )
+            raise LedgerError(
+                f"the host's recompute would not keep {len(pricing.unstable)} planned works as "
+                f"planned ({shown}); fix or leave them out of the list"
+            )
+        rows = _leave_out(rows, pricing.unstable)
+    else:
+        raise LedgerError("pricing did not settle; re-plan")
     return _store_plan(
         planner,
         rows,
-        price(rows),
+        prices,
         reason=reason,
-        operator=operator or default_operator(),
+        actor=actor,
         ticket=ticket,
         scope=scope,
         duplicate_entries=duplicate_entries,
+    )
+
+
+def _over_cap_options(
+    uuids: list[str], exclude_work_ids: Iterable[int], include_paid: bool, skip_suspended: bool
+) -> OverCapOptions:
+    return OverCapOptions(
+        opportunity_ids=_opportunity_ids(uuids),
+        exclude_work_ids=_check_work_ids(exclude_work_ids),
+        include_paid=include_paid,
+        skip_suspended=skip_suspended,
     )
 
 
@@ -164,16 +224,14 @@ def plan_over_cap(
     include_paid: bool = False,
     skip_suspended: bool = False,
     ticket: str = "",
+    progress: Progress | None = None,
 ) -> PlanReport:
     """Plan the over-cap correction of explicit opportunities and price it."""
     reason = _require_reason(reason)
+    ticket = _check_ticket(ticket)
+    actor = people.actor(operator, people.PLAN)
     uuids = [str(u) for u in opportunity_ids]
-    opts = OverCapOptions(
-        opportunity_ids=_opportunity_ids(uuids),
-        exclude_work_ids=_check_work_ids(exclude_work_ids),
-        include_paid=include_paid,
-        skip_suspended=skip_suspended,
-    )
+    opts = _over_cap_options(uuids, exclude_work_ids, include_paid, skip_suspended)
     rows = over_cap_rows(opts)
     scope = {
         "opportunities": sorted(str(uuid.UUID(u)) for u in uuids),
@@ -181,7 +239,7 @@ def plan_over_cap(
         "include_paid": include_paid,
         "skip_suspended": skip_suspended,
     }
-    return _priced_plan(Planner.over_cap, rows, reason, operator, ticket, scope)
+    return _priced_plan(Planner.over_cap, rows, reason, actor, ticket, scope, progress=progress)
 
 
 def scan_over_cap() -> ScanReport:
@@ -197,9 +255,12 @@ def plan_visits(
     expand: bool = False,
     operator: str | None = None,
     ticket: str = "",
+    progress: Progress | None = None,
 ) -> PlanReport:
     """Plan a targeted fix of listed visits (and their completed works) and price it."""
     reason = _require_reason(reason)
+    ticket = _check_ticket(ticket)
+    actor = people.actor(operator, people.PLAN)
     opts = VisitListOptions(
         xform_ids=xform_ids, visit_ids=visit_ids, to_status=to_status, expand=expand
     )
@@ -212,10 +273,14 @@ def plan_visits(
         "to_status": to_status,
         "expand": expand,
     }
-    return _priced_plan(Planner.visit_list, rows, reason, operator, ticket, scope, duplicates)
+    return _priced_plan(
+        Planner.visit_list, rows, reason, actor, ticket, scope, duplicates,
+        insist=True, progress=progress,
+    )  # fmt: skip
 
 
 def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch:
+    actor = people.actor(operator, people.PLAN)
     with transaction.atomic():
         batch = _get_batch(batch_id, lock=True)
         if batch.state != BatchState.planned:
@@ -223,27 +288,151 @@ def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch
                 f"batch {batch.pk} is {batch.state}; only a planned batch can be discarded"
             )
         batch.state = BatchState.discarded
-        batch.discarded_at = timezone.now()
+        batch.discarded_at = db_now()
         batch.save(update_fields=["state", "discarded_at"])
+        entries.record(batch, "discard", actor, {}, at=batch.discarded_at)
     return batch
 
 
-def _with_deadlock_retry(fn):
-    """Re-run a whole transaction the database aborted to break a deadlock with live writers.
+MIN_DIGEST_PREFIX = 8
 
-    ``fn`` receives a list to which the projector adds the release of locks that outlive the
-    transaction (the host's accrual locks); they are released here once it has ended.
+
+def approve_batch(batch_id: str, operator: str | None, plan_digest: str) -> CorrectionBatch:
+    """Record that someone other than the planner reviewed this exact priced plan.
+
+    ``plan_digest`` is the digest the reviewer saw (``show --batch``; at least its first eight
+    characters): a plan that changed since cannot be approved by mistake.
     """
-    for attempt in range(DEADLOCK_RETRIES):
-        releases: list = []
+    actor = people.actor(operator, people.APPROVE)
+    seen = (plan_digest or "").strip().lower()
+    if len(seen) < MIN_DIGEST_PREFIX or any(c not in "0123456789abcdef" for c in seen):
+        raise LedgerError(
+            f"--plan-digest takes at least {MIN_DIGEST_PREFIX} hex characters of the digest "
+            "shown with the priced plan"
+        )
+    with transaction.atomic():
+        batch = _get_batch(batch_id, lock=True)
+        if batch.state != BatchState.planned or batch.planner == Planner.undo:
+            raise WrongState(f"batch {batch.pk} is {batch.state}; only a planned batch is approved")
+        if batch.approved_by:
+            raise WrongState(f"batch {batch.pk} was approved by {batch.approved_by} already")
+        if actor.username == batch.planned_by:
+            raise people.NotAllowed(
+                f"{actor.username} planned batch {batch.pk}; someone else must approve it"
+            )
+        if not batch.plan_digest.startswith(seen):
+            raise WrongState(
+                f"batch {batch.pk}'s plan digest is {batch.plan_digest[:12]}…, not {seen}: "
+                "review the priced plan again (corrections show --batch ID)"
+            )
+        batch.approved_by = actor.username
+        batch.approved_at = db_now()
+        batch.save(update_fields=["approved_by", "approved_at"])
+        entries.record(
+            batch, "approve", actor, {"plan_digest": batch.plan_digest}, at=batch.approved_at
+        )
+    return batch
+
+
+def _write(fn: Callable[[list], T], *, what: str, progress: Progress | None) -> T:
+    """Run ``fn(releases)`` as one transaction, retrying while live traffic holds what it needs.
+
+    Outside any transaction (the normal case) each attempt is a transaction of its own and a
+    busy row, a busy accrual lock, a deadlock or a serialization failure rolls it back and
+    retries after a pause (:mod:`ledger.retry`). Inside a caller's transaction
+    (``ATOMIC_REQUESTS``, a task wrapper, a test case) each attempt is a savepoint: that works
+    when the host's accrual locks end with the transaction (PostgreSQL advisory locks), and is
+    refused when they outlive it (a Redis lock could neither be released at the caller's
+    rollback nor retaken by the recompute that follows in the same transaction).
+    """
+    nested = connection.in_atomic_block
+    if nested:
+        lock = host.access_lock()
+        if lock is not None and not getattr(lock, "transaction_scoped", False):
+            raise LedgerError(
+                f"{what} cannot run inside the caller's transaction: the host's accrual locks "
+                f"({conf.get('ACCESS_LOCK')}) outlive it; call it outside transaction.atomic() "
+                "(a non-atomic view, a task without a transaction wrapper)"
+            )
+
+    def attempt() -> T:
+        releases: list[Callable[[], None]] = []
         try:
-            return fn(releases)
-        except OperationalError as error:
-            if "deadlock detected" not in str(error) or attempt == DEADLOCK_RETRIES - 1:
-                raise
+            with transaction.atomic():
+                return fn(releases)
+        except DatabaseError as error:
+            if nested and sqlstate(error) == SERIALIZATION_FAILURE:
+                raise LedgerError(
+                    f"{what}: the ledger moved since the caller's transaction began (repeatable "
+                    "read); run it in a transaction of its own"
+                ) from error
+            raise
         finally:
             for release in releases:
                 release()
+
+    return with_backoff(
+        attempt, deadline_seconds=conf.get("RETRY_SECONDS"), progress=progress, what=what
+    )
+
+
+def _still_over_cap(batch: CorrectionBatch, rows: list[PlannedRow]) -> None:
+    """Refuse an over-cap plan that its rule no longer produces.
+
+    Another batch, or the host, may have changed which works rank past the cap since the plan
+    (a work within the cap set over_limit moves the next one back within it). Applying then
+    would leave a worker fewer live works than the cap.
+    """
+    scope = batch.scope
+    fresh = over_cap_rows(
+        OverCapOptions(
+            opportunity_ids=sorted(resolve_opportunities(scope["opportunities"]).values()),
+            exclude_work_ids=frozenset(scope.get("exclude_work_ids", [])),
+            include_paid=scope.get("include_paid", False),
+            skip_suspended=scope.get("skip_suspended", False),
+        )
+    )
+    over = {r.entity_id for r in fresh if r.entity_kind == "completed_work"}
+    planned = {r.entity_id for r in rows if r.entity_kind == "completed_work" and not r.excluded}
+    gone = sorted(planned - over)
+    if gone:
+        shown = ", ".join(map(str, gone[:10])) + (" …" if len(gone) > 10 else "")
+        raise StalePlan(
+            f"batch {batch.pk} is stale: {len(gone)} planned works are no longer past their "
+            f"cap (works {shown}); re-plan"
+        )
+
+
+def _auto_anchor() -> str | None:
+    """Anchor the chain head after a projection when a key and an anchor log are configured."""
+    from ledger import anchors
+
+    if anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block:
+        return anchors.encode(anchors.take())
+    return None
+
+
+def _mark_applied(batch: CorrectionBatch, actor: Actor, result) -> None:
+    """The batch's apply columns and its chained apply entry, at the projection's time."""
+    batch.state = BatchState.applied
+    batch.applied_by = actor.username
+    batch.applied_at = result.recorded_at
+    batch.skipped_conflicts = to_builtins(result.skipped)
+    batch.save(update_fields=["state", "applied_by", "applied_at", "skipped_conflicts"])
+    last = batch.events.order_by("-id").values_list("id", "hash").first()
+    entries.record(
+        batch,
+        "apply",
+        actor,
+        {
+            "events": result.events,
+            "last_event_id": last[0] if last else None,
+            "last_event_hash": last[1] if last else None,
+            "skipped": len(result.skipped),
+            "skipped_sha256": entries.digest(batch.skipped_conflicts),
+        },
+        at=result.recorded_at,
+    )
 
 
 def apply_batch(
@@ -253,44 +442,51 @@ def apply_batch(
     progress: Progress | None = None,
 ) -> RunReport:
     """Project a planned batch, then recompute the accruals of every access it touched."""
-    operator = operator or default_operator()
+    actor = people.actor(operator, people.APPLY)
 
     def run(releases: list) -> RunReport:
-        with transaction.atomic():
-            batch = _get_batch(batch_id, lock=True)
-            if batch.state != BatchState.planned:
-                raise WrongState(
-                    f"batch {batch.pk} is {batch.state}; only a planned batch can be applied"
-                )
-            if batch.planner == Planner.undo:
-                raise WrongState(f"batch {batch.pk} is an undo batch")
-            rows = [
-                PlannedRow(*values)
-                for values in batch.changes.order_by("entity_kind", "entity_id")
-                .values_list(*PlannedRow._fields)
-                .iterator(chunk_size=10_000)
-            ]
-            if plan_digest(rows, presorted=True) != batch.plan_digest:
-                raise LedgerError(f"batch {batch.pk}: planned changes do not match the plan digest")
-            projected = {
-                a["access_id"]: a["projected_accrual"]
-                for a in batch.summary.get("plan", {}).get("accesses", [])
-            }
-            flips = [Flip(*r[:8]) for r in rows if not r.excluded]
-            del rows
-            result = project(
-                batch,
-                flips,
-                reason=batch.reason,
-                skip_conflicts=skip_conflicts,
-                projected_accruals=projected,
-                releases=releases,
+        batch = _get_batch(batch_id, lock=True)
+        if batch.state != BatchState.planned:
+            raise WrongState(
+                f"batch {batch.pk} is {batch.state}; only a planned batch can be applied"
             )
-            batch.state = BatchState.applied
-            batch.applied_by = operator
-            batch.applied_at = timezone.now()
-            batch.skipped_conflicts = to_builtins(result.skipped)
-            batch.save(update_fields=["state", "applied_by", "applied_at", "skipped_conflicts"])
+        if batch.planner == Planner.undo:
+            raise WrongState(f"batch {batch.pk} is an undo batch")
+        if conf.get("REQUIRE_APPROVAL") and not batch.approved_by:
+            raise WrongState(
+                f"batch {batch.pk} has not been approved: a reviewer other than "
+                f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
+                "--operator USERNAME --plan-digest DIGEST"
+            )
+        rows = [
+            PlannedRow(*values)
+            for values in batch.changes.order_by("entity_kind", "entity_id")
+            .values_list(*PlannedRow._fields)
+            .iterator(chunk_size=10_000)
+        ]
+        if plan_digest(rows, presorted=True) != batch.plan_digest:
+            raise LedgerError(f"batch {batch.pk}: planned changes do not match the plan digest")
+        if batch.planner == Planner.over_cap:
+            _still_over_cap(batch, rows)
+        projected = {
+            a["access_id"]: a["projected_accrual"]
+            for a in batch.summary.get("plan", {}).get("accesses", [])
+        }
+        flips = [
+            Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
+                 r.xform_id, r.from_status, r.to_status, None, None, r.prev_event_id, r.members)
+            for r in rows if not r.excluded
+        ]  # fmt: skip
+        del rows
+        result = project(
+            batch,
+            flips,
+            reason=batch.reason,
+            skip_conflicts=skip_conflicts,
+            projected_accruals=projected,
+            releases=releases,
+        )
+        _mark_applied(batch, actor, result)
         return RunReport(
             batch=str(batch.pk),
             state=BatchState.applied,
@@ -301,7 +497,8 @@ def apply_batch(
             skipped_conflicts=result.skipped,
         )
 
-    report = _with_deadlock_retry(run)
+    report = _write(run, what=f"apply of batch {batch_id}", progress=progress)
+    report.anchor = _auto_anchor()
     if progress:
         progress(f"projected {report.events} events; recomputing accruals")
     recompute(batch_id=report.batch, progress=progress)
@@ -317,63 +514,78 @@ def undo_batch(
     skip_conflicts: bool = False,
     progress: Progress | None = None,
 ) -> RunReport:
-    """Append and project the inverse of an applied batch's events as a new batch."""
+    """Append and project the inverse of an applied batch's events as a new batch.
+
+    Only events not inverted yet are inverted, newest first, each expected to be its entity's
+    latest ledger event still. Skipped units (``skip_conflicts``) stay with the original batch,
+    which is then ``partially_undone`` and can be undone again later.
+    """
     reason = _require_reason(reason)
-    operator = operator or default_operator()
+    actor = people.actor(operator, people.APPLY)
 
     def run(releases: list) -> tuple[RunReport, CorrectionBatch]:
-        with transaction.atomic():
-            original = _get_batch(batch_id, lock=True)
-            if original.planner == Planner.undo:
-                raise WrongState(
-                    f"batch {original.pk} is itself an undo; plan the correction again instead"
-                )
-            if original.state != BatchState.applied:
-                raise WrongState(
-                    f"batch {original.pk} is {original.state}; only an applied batch can be undone"
-                )
-            # Newest first, as plain tuples: the inverse of each event, restoring what it overwrote.
-            flips = [
-                Flip(kind, entity_id, work_id, opp_id, access_id, xform_id, to_status,
-                     from_status, event_id, prior_modified)
-                for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
-                     from_status, to_status, prior_modified)
-                in original.events.order_by("-id").values_list(
-                    "id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id",
-                    "access_id", "xform_id", "from_status", "to_status",
-                    "prior_status_modified_date",
-                ).iterator(chunk_size=10_000)
-            ]  # fmt: skip
-            digest = plan_digest(
-                PlannedRow(f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
-                           f.access_id, f.xform_id, f.from_status, f.to_status, "", False)
-                for f in flips
-            )  # fmt: skip
-            undo = CorrectionBatch.objects.create(
-                planner=Planner.undo,
-                reason=reason,
-                planned_by=operator,
-                plan_digest=digest,
-                reverts=original,
-                scope={"reverts": str(original.pk)},
+        original = _get_batch(batch_id, lock=True)
+        if original.planner == Planner.undo:
+            raise WrongState(
+                f"batch {original.pk} is itself an undo; plan the correction again instead"
             )
-            result = project(
-                undo, flips, reason=reason, skip_conflicts=skip_conflicts, releases=releases
+        if original.state not in (BatchState.applied, BatchState.partially_undone):
+            raise WrongState(
+                f"batch {original.pk} is {original.state}; only an applied batch can be undone"
             )
-            now = timezone.now()
-            undo.state = BatchState.applied
-            undo.applied_by = operator
-            undo.applied_at = now
-            undo.skipped_conflicts = to_builtins(result.skipped)
-            undo.save(update_fields=["state", "applied_by", "applied_at", "skipped_conflicts"])
+        # Newest first, as plain tuples: the inverse of each event, restoring what it overwrote.
+        flips = [
+            Flip(kind, entity_id, work_id, opp_id, access_id, xform_id, to_status,
+                 from_status, event_id, prior_modified, event_id, members)
+            for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
+                 from_status, to_status, prior_modified, members)
+            in original.events.filter(inverted_by__isnull=True).order_by("-id").values_list(
+                "id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id",
+                "access_id", "xform_id", "from_status", "to_status",
+                "prior_status_modified_date", "members",
+            ).iterator(chunk_size=10_000)
+        ]  # fmt: skip
+        digest = plan_digest(
+            PlannedRow(f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
+                       f.access_id, f.xform_id, f.from_status, f.to_status, "", False,
+                       f.prev_event_id, f.members)
+            for f in flips
+        )  # fmt: skip
+        undo = CorrectionBatch.objects.create(
+            planner=Planner.undo,
+            reason=reason,
+            planned_by=actor.username,
+            plan_digest=digest,
+            reverts=original,
+            scope={"reverts": str(original.pk)},
+        )
+        entries.record(undo, "plan", actor, entries.plan_details(undo))
+        result = project(
+            undo, flips, reason=reason, skip_conflicts=skip_conflicts, releases=releases
+        )
+        _mark_applied(undo, actor, result)
+        left = original.events.filter(inverted_by__isnull=True).count()
+        if left == 0:
             original.state = BatchState.undone
-            original.undone_at = now
+            original.undone_at = result.recorded_at
             original.save(update_fields=["state", "undone_at"])
+        elif result.events:
+            original.state = BatchState.partially_undone
+            original.save(update_fields=["state"])
+        if result.events or left == 0:
+            entries.record(
+                original,
+                "undo",
+                actor,
+                {"by_batch": str(undo.pk), "events": result.events, "state": original.state},
+                at=result.recorded_at,
+            )
         report = RunReport(
             batch=str(undo.pk),
             state=BatchState.applied,
             action="undo",
             reverts=str(original.pk),
+            reverted_state=original.state,
             events=result.events,
             visits=result.visits,
             works=result.works,
@@ -381,12 +593,19 @@ def undo_batch(
         )
         return report, original
 
-    report, original = _with_deadlock_retry(run)
+    report, original = _write(run, what=f"undo of batch {batch_id}", progress=progress)
+    report.anchor = _auto_anchor()
     if progress:
         progress(f"projected {report.events} inverse events; recomputing accruals")
     recompute(batch_id=report.batch, progress=progress)
     report.accesses = outcomes(report.batch, original_batch=str(original.pk))
     report.pending_recomputes = sum(1 for a in report.accesses if a.state == "pending")
+    report.findings = [
+        f"access {a.access_id}: accrual {a.accrual_after} after the undo, "
+        f"{a.accrual_before_original} before the batch (something else moved it since)"
+        for a in report.accesses
+        if a.matches is False
+    ]
     return report
 
 
@@ -407,7 +626,7 @@ def recompute(
     for done, (row_id, access_id) in enumerate(rows, start=1):
         after = host.recompute_access(access_id)  # None: the access is gone
         AccrualRecompute.objects.filter(pk=row_id, state=RecomputeState.pending).update(
-            state=RecomputeState.done, accrual_after=after, done_at=timezone.now()
+            state=RecomputeState.done, accrual_after=after, done_at=Now()
         )
         if progress and (done % every == 0 or done == total):
             progress(f"recomputed {done}/{total} accesses")

@@ -70,3 +70,37 @@ def insert_rows(model, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
             raw.copy_expert(sql, buffer)
             count += pending
     return count
+
+
+def db_now() -> datetime.datetime:
+    """The database's clock. Every time the ledger records comes from it, not the app's."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def lock_rows_nowait(
+    model,
+    columns: Sequence[str],
+    ids: Sequence[int],
+    *,
+    by: str = "id",
+    strength: str = "NO KEY UPDATE",
+) -> dict[int, tuple]:
+    """Lock the rows whose ``by`` column is in ``ids`` (NOWAIT); return ``id -> columns``.
+
+    NOWAIT: a row held by live traffic fails the statement at once with SQLSTATE 55P03 instead
+    of queueing behind it, so the ledger never waits while holding locks a request may need.
+    """
+    found: dict[int, tuple] = {}
+    ids = sorted(set(ids))
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), CHUNK):
+            cursor.execute(
+                f"""SELECT id, {", ".join(columns)} FROM {table(model)}
+                    WHERE {by} = ANY(%s::bigint[]) ORDER BY id FOR {strength} NOWAIT""",
+                [ids[start : start + CHUNK]],
+            )
+            for row in cursor.fetchall():
+                found[row[0]] = row[1:]
+    return found

@@ -32,14 +32,24 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from ledger.host import CompletedWork, UserVisit
-from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
-
-TRUNCATE_GUARDS = (
-    "ledger.CorrectionEvent:ledger_event_no_truncate",
-    "ledger.CorrectionBatch:ledger_batch_no_truncate",
-    "ledger.PlannedChange:ledger_planned_change_no_truncate",
-    "ledger.AccrualRecompute:ledger_recompute_no_truncate",
+from ledger.models import (
+    AccrualRecompute,
+    BatchEntry,
+    CorrectionBatch,
+    CorrectionEvent,
+    EntityKind,
+    LedgerHead,
+    PlannedChange,
 )
+
+# Every ledger table refuses TRUNCATE through a trigger named ``…_no_truncate``.
+TRUNCATE_GUARDS = tuple(
+    f"{model._meta.label}:{trigger.name}"
+    for model in (CorrectionBatch, PlannedChange, CorrectionEvent, BatchEntry,
+                  AccrualRecompute, LedgerHead)
+    for trigger in model._meta.triggers
+    if trigger.name.endswith("_no_truncate")
+)  # fmt: skip
 APPEND_ONLY_GUARDS = ("ledger_event_append_only", "ledger_event_no_truncate")
 
 
@@ -110,13 +120,13 @@ def assert_append_only() -> None:
 
 
 def assert_batch_reverted(batch_id: str) -> None:
-    """After an undo without conflicts: pre-batch statuses, dates and accruals are back."""
+    """After a complete undo: pre-batch statuses, dates and accruals are back."""
     batch = CorrectionBatch.objects.get(pk=batch_id)
-    undo = getattr(batch, "reverted_by", None)
+    undo = batch.reverted_by.order_by("-created_at").first()
     if undo is None:
         raise AssertionError(f"batch {batch_id} has not been undone")
-    if undo.skipped_conflicts:
-        raise AssertionError(f"the undo of {batch_id} skipped {len(undo.skipped_conflicts)}")
+    if batch.state != "undone":
+        raise AssertionError(f"batch {batch_id} is {batch.state}: some of its units were skipped")
     firsts: dict[tuple[str, int], CorrectionEvent] = {}
     for event in batch.events.order_by("id"):
         firsts.setdefault((event.entity_kind, event.entity_id), event)

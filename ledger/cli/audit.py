@@ -62,6 +62,18 @@ def add_parsers(subparsers) -> None:
         dest="checks",
         help="Run only this check (repeatable); all by default.",
     )
+    check.add_argument(
+        "--anchors",
+        metavar="FILE",
+        help="Hold the chain to these external anchors (corrections anchor).",
+    )
+    check.add_argument(
+        "--sample",
+        type=int,
+        default=verify.DEFAULT_SAMPLE,
+        metavar="N",
+        help=f"Accesses whose accrual is recomputed (default {verify.DEFAULT_SAMPLE}; 0: all).",
+    )
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=handle_verify)
 
@@ -82,6 +94,9 @@ def add_parsers(subparsers) -> None:
     check_export.add_argument("--format", choices=export.FORMATS, dest="fmt")
     check_export.add_argument("--first-prev", metavar="HASH", help="Expected first prev_hash.")
     check_export.add_argument("--last-hash", metavar="HASH", help="Expected last hash.")
+    check_export.add_argument(
+        "--anchors", metavar="FILE", help="External anchors the file's events must match."
+    )
     check_export.add_argument("--json", action="store_true")
     check_export.set_defaults(handler=handle_check_export)
 
@@ -366,7 +381,11 @@ def handle_show(options: dict, out: Output) -> int:
 
 
 def handle_verify(options: dict, out: Output) -> int:
-    report = verify.run_checks(options.get("checks"))
+    if options.get("sample") is not None and options["sample"] < 0:
+        raise LedgerError("--sample takes a number of accesses, 0 for all")
+    report = verify.run_checks(
+        options.get("checks"), sample=options.get("sample") or None, anchors=options.get("anchors")
+    )
     if options.get("json"):
         out.json(report)
         return 0 if report.ok else 1
@@ -434,11 +453,17 @@ def handle_export(options: dict, out: Output) -> int:
 
 
 def handle_check_export(options: dict, out: Output) -> int:
+    anchored = None
+    if options.get("anchors"):
+        from ledger import anchors
+
+        anchored = anchors.expected_hashes(anchors.read(options["anchors"]))
     result = export.check_export(
         options["file"],
         fmt=options.get("fmt"),
         expect_first_prev=options.get("first_prev"),
         expect_last_hash=options.get("last_hash"),
+        anchored=anchored,
     )
     if options.get("json"):
         out.json(result)

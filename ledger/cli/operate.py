@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ledger import services
 from ledger.cli.output import Output
 from ledger.errors import LedgerError
+from ledger.files import read_ids, read_lines
 from ledger.schema import PlanReport, RunReport, ScanReport
-
-
-def read_lines(path: str, what: str) -> list[str]:
-    """Non-blank, non-comment lines of an operator's file."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise LedgerError(f"cannot read {what} file {path}: {error.strerror or error}") from None
-    return [
-        line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()
-    ]
-
-
-def read_ids(path: str, what: str) -> list[int]:
-    lines = read_lines(path, what)
-    bad = [line for line in lines if not line.isdigit()]
-    if bad:
-        raise LedgerError(f"{what} file {path} has non-numeric ids: {', '.join(bad[:10])}")
-    return [int(line) for line in lines]
 
 
 def add_parsers(subparsers) -> None:
@@ -69,6 +49,31 @@ def add_parsers(subparsers) -> None:
     _common(undo)
     undo.set_defaults(handler=handle_undo)
 
+    approve = subparsers.add_parser(
+        "approve", help="Record that you (not the planner) reviewed a batch's priced plan."
+    )
+    approve.add_argument("--batch", required=True, metavar="ID")
+    approve.add_argument(
+        "--plan-digest",
+        required=True,
+        metavar="HEX",
+        help="The plan digest you reviewed (shown by show --batch; 8+ characters).",
+    )
+    _common(approve)
+    approve.set_defaults(handler=handle_approve)
+
+    anchor = subparsers.add_parser(
+        "anchor", help="Sign the chain head and append it to the anchor log (and stdout)."
+    )
+    anchor.add_argument("--json", action="store_true", help="The anchor as one JSON object.")
+    anchor.set_defaults(handler=handle_anchor)
+
+    privileges = subparsers.add_parser(
+        "privileges", help="Print the GRANT/REVOKE statements for the application's role."
+    )
+    privileges.add_argument("--app-role", required=True, metavar="NAME")
+    privileges.set_defaults(handler=handle_privileges)
+
     discard = subparsers.add_parser("discard", help="Drop a planned batch without applying.")
     discard.add_argument("--batch", required=True)
     _common(discard)
@@ -86,7 +91,11 @@ def add_parsers(subparsers) -> None:
 
 
 def _common(parser) -> None:
-    parser.add_argument("--operator", help="Who is acting (default: the OS user).")
+    parser.add_argument(
+        "--operator",
+        metavar="USERNAME",
+        help="The active user taking this step (required unless LEDGER_DEFAULT_OPERATOR is set).",
+    )
     parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
 
 
@@ -153,7 +162,42 @@ def handle_undo(options: dict, out: Output) -> int:
         progress=_progress(options, out),
     )
     print_run(report, options, out)
-    return 0 if all(a.matches is not False for a in report.accesses) else 1
+    return 0  # committed; accrual differences are findings, not failure
+
+
+def handle_approve(options: dict, out: Output) -> int:
+    batch = services.approve_batch(
+        options["batch"], operator=options.get("operator"), plan_digest=options["plan_digest"]
+    )
+    if options.get("json"):
+        out.json({"batch": str(batch.pk), "state": batch.state, "approved_by": batch.approved_by})
+    else:
+        out.line(f"Batch {batch.pk} approved by {batch.approved_by}; it can be applied now.")
+    return 0
+
+
+def handle_anchor(options: dict, out: Output) -> int:
+    from ledger import anchors
+
+    anchor = anchors.take()
+    if options.get("json"):
+        out.json(anchor)
+    else:
+        out.line(anchors.encode(anchor))
+        target = anchors.write_target()
+        out.progress(
+            f"anchored event {anchor.event_id} and entry {anchor.entry_id}"
+            + (f"; appended to {target}" if target else "; keep this line outside the database")
+        )
+    return 0
+
+
+def handle_privileges(options: dict, out: Output) -> int:
+    from ledger import privileges
+
+    for line in privileges.statements(options["app_role"]):
+        out.line(line)
+    return 0
 
 
 def handle_discard(options: dict, out: Output) -> int:
@@ -254,6 +298,24 @@ def print_scan(report: ScanReport, options: dict, out: Output) -> None:
     )  # fmt: skip
 
 
+def describe_conflict(c) -> str:
+    """One line: the entity, what differs, expected and found, and who owns it now."""
+    what = {
+        "status": "status",
+        "completed_work": "completed work",
+        "visits": "visits held",
+        "latest_event": "latest ledger event",
+        "missing": "row",
+    }.get(c.what, c.what)
+    found = c.found if c.found is not None else "none"
+    text = f"{c.entity_kind} {c.entity_id}: {what} expected {c.expected}, found {found}"
+    if c.what == "missing":
+        text = f"{c.entity_kind} {c.entity_id}: the row is gone"
+    if c.owner_batch:
+        text += f" (batch {c.owner_batch} owns its current state)"
+    return text
+
+
 def print_run(report: RunReport, options: dict, out: Output) -> None:
     if options.get("json"):
         out.json(report)
@@ -269,12 +331,14 @@ def print_run(report: RunReport, options: dict, out: Output) -> None:
         f"({report.works} completed works, {report.visits} visits)."
     )
     if report.skipped_conflicts:
-        out.line(f"Skipped {len(report.skipped_conflicts)} conflicting entities:")
+        out.line(f"Skipped the units of {len(report.skipped_conflicts)} conflicts:")
         for c in report.skipped_conflicts:
-            out.line(
-                f"  {c.entity_kind} {c.entity_id}: expected {c.expected_status}, "
-                f"found {c.found_status}"
-            )
+            out.line("  " + describe_conflict(c))
+    if report.reverted_state == "partially_undone":
+        out.line(
+            f"Batch {report.reverts} is partially undone: the skipped units keep its flips; "
+            f"undo it again once they are settled."
+        )
     if report.accesses:
         if report.action == "undo":
             headers = ["access", "before original apply", "after undo", "state", "restored"]
@@ -291,6 +355,10 @@ def print_run(report: RunReport, options: dict, out: Output) -> None:
                 for a in report.accesses
             ]  # fmt: skip
         out.table(headers, rows)
+    if report.findings:
+        out.line("Findings (the undo committed; look at these):")
+        for finding in report.findings:
+            out.line(f"  {finding}")
     if report.pending_recomputes:
         out.line(
             f"{report.pending_recomputes} recomputes pending: "

@@ -204,9 +204,7 @@ def test_a_list_accounts_for_every_id_it_was_given(world, corrections, tmp_path)
                    already_visit.xform_id]) + "\n"
     )  # fmt: skip
 
-    plan = corrections(
-        "plan", "visits", "--xform-ids", str(ids), "--reason", "contract", "--json"
-    )
+    plan = corrections("plan", "visits", "--xform-ids", str(ids), "--reason", "contract", "--json")
     assert plan.code == 0, plan.err
     report = plan.json
     assert report["duplicate_entries"] == [target_visit.xform_id]

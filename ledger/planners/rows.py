@@ -22,12 +22,31 @@ class PlannedRow(NamedTuple):
     to_status: str
     excluded: str  # "" when the row will be flipped, else an ExclusionReason value
     suspended: bool
+    prev_event_id: int | None = None  # the entity's latest ledger event when planned
+    members: str | None = None  # a work's visits when planned ("id:status,…")
+
+
+def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
+    """The rows with the rest of their expected state: latest ledger event, a work's visits."""
+    from ledger.state import latest_events, work_members
+
+    latest = latest_events((r.entity_kind, r.entity_id) for r in rows)
+    members = work_members(r.entity_id for r in rows if r.entity_kind == "completed_work")
+    return [
+        r._replace(
+            prev_event_id=latest[(r.entity_kind, r.entity_id)][0]
+            if (r.entity_kind, r.entity_id) in latest
+            else None,
+            members=members.get(r.entity_id) if r.entity_kind == "completed_work" else None,
+        )
+        for r in rows
+    ]
 
 
 def plan_digest(rows: Iterable[PlannedRow], presorted: bool = False) -> str:
-    """A digest over what would be flipped, so apply can tell the plan was not altered.
-
-    Rows are taken in (entity_kind, entity_id) order; pass ``presorted`` when they already are.
+    """A digest over what would be flipped and what it expects, so apply can tell the plan was
+    not altered. Rows are taken in (entity_kind, entity_id) order; pass ``presorted`` when they
+    already are.
     """
     digest = hashlib.sha256()
     if not presorted:
@@ -35,7 +54,7 @@ def plan_digest(rows: Iterable[PlannedRow], presorted: bool = False) -> str:
     for row in rows:
         digest.update(
             f"{row.entity_kind}:{row.entity_id}:{row.from_status}:{row.to_status}:"
-            f"{row.excluded}\n".encode()
+            f"{row.excluded}:{row.completed_work_id}:{row.prev_event_id}:{row.members}\n".encode()
         )
     return digest.hexdigest()
 

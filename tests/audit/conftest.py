@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from commcare_connect.demo.incident import IncidentData, build_incident
 from ledger import chain, services
@@ -96,12 +96,15 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
     """Insert events chained after the current head, with ``recorded_at`` defaulting to now.
 
     Each row needs entity_kind, entity_id, opportunity_id, from_status, to_status; the rest
-    defaults. Uses one multi-row INSERT per ``page`` rows, so 20k events take a moment.
+    defaults (each event names its entity's previous event, as the projector's do). Uses one
+    multi-row INSERT per ``page`` rows, so 20k events take a moment.
     """
-    columns = (*chain.CONTENT_FIELDS, "prev_hash", "hash")
+    columns = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
     prev = last_hash()
     now = datetime.datetime.now(datetime.UTC)
     buffer: list[tuple] = []
+    pending: set[tuple[str, int]] = set()
+    latest: dict[tuple[str, int], int | None] = {}
     count = 0
 
     def flush():
@@ -116,6 +119,9 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
                 [value for row in buffer for value in row],
             )
         buffer.clear()
+        for key in pending:
+            latest.pop(key, None)
+        pending.clear()
 
     for row in rows:
         event = {
@@ -128,8 +134,22 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
             "prior_status_modified_date": None,
             "new_status_modified_date": None,
             "recorded_at": now,
+            "members": None,
+            "hash_format": chain.CURRENT_FORMAT,
             **row,
         }
+        key = (event["entity_kind"], event["entity_id"])
+        if key in pending:
+            flush()  # the entity's previous event must have its id first
+        if key not in latest:
+            latest[key] = (
+                CorrectionEvent.objects.filter(entity_kind=key[0], entity_id=key[1])
+                .order_by("-id")
+                .values_list("id", flat=True)
+                .first()
+            )
+        event.setdefault("prev_event_id", latest[key])
+        pending.add(key)
         event["prev_hash"] = prev
         event["hash"] = prev = chain.event_hash(prev, event)
         buffer.append(tuple(event[c] for c in columns))
@@ -137,7 +157,26 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
         if len(buffer) >= page:
             flush()
     flush()
+    _move_head()
     return count
+
+
+def _move_head() -> None:
+    """Keep the chain head where the chain ends, as the projector does."""
+    from ledger.head import lock_head
+
+    with transaction.atomic():
+        lock_head()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""UPDATE ledger_ledgerhead SET
+                        event_id = (SELECT max(id) FROM {CorrectionEvent._meta.db_table}),
+                        event_hash = COALESCE((SELECT hash FROM {CorrectionEvent._meta.db_table}
+                                               ORDER BY id DESC LIMIT 1), %s),
+                        events = (SELECT count(*) FROM {CorrectionEvent._meta.db_table})
+                    WHERE id = 1""",
+                [chain.GENESIS],
+            )
 
 
 def new_uuid() -> str:

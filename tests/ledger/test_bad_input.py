@@ -63,7 +63,7 @@ def test_unreadable_and_malformed_files(incident, run, tmp_path):
     bad.write_text("12\nabc\n")
     _refused(
         run, "plan", "over-cap", "--opportunity", opp, "--reason", "x", "--exclude", str(bad),
-        says="non-numeric ids: abc",
+        says="entries that are not ids: 'abc'",
     )  # fmt: skip
     unknown = tmp_path / "unknown.txt"
     unknown.write_text("999999999\n")

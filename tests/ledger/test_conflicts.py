@@ -23,7 +23,7 @@ def test_outside_change_between_apply_and_undo_refuses_undo(incident, run):
     counts = ledger_counts()
     result = run("undo", "--batch", batch, "--reason", "oops")
     assert result.code != 0
-    assert "1 entities no longer have the status" in result.err
+    assert "2 entities are no longer as the batch expects" in result.err  # the visit and its work
     assert ledger_counts() == counts
     assert CorrectionBatch.objects.get(pk=batch).state == "applied"
     assert CompletedWork.objects.get(pk=work_id).status == "over_limit"
@@ -39,7 +39,7 @@ def test_conflicts_are_named_entity_by_entity(incident, run):
     CompletedWork.objects.filter(pk=work_id).update(status="rejected")
     result = run("apply", "--batch", batch)
     assert result.code != 0
-    assert f"completed_work {work_id}: expected approved, found rejected" in result.err
+    assert f"completed_work {work_id}: status expected approved, found rejected" in result.err
 
 
 def test_skip_conflicts_skips_whole_units_and_records_them(incident, run):

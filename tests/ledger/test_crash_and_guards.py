@@ -30,7 +30,13 @@ def _someone_waits_for(holder_pid: int) -> bool:
 @pytest.mark.django_db(transaction=True)
 def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run):
     opp = str(incident.opportunity_a.opportunity_id)
-    batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
+    plan = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json
+    batch = plan["batch"]
+    # The child runs with the project's own settings, which require a reviewer.
+    approved = run(
+        "approve", "--batch", batch, "--operator", "alice", "--plan-digest", plan["plan_digest"]
+    )
+    assert approved.code == 0, approved.err
     first = min(a.pk for a in (incident.accesses["w1"], incident.accesses["w2"]))
     expected = {
         a.pk: a.payment_accrued - incident.payment_unit_a.amount
@@ -51,7 +57,16 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     holder_pid = holding.fetchone()[0]
     env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
     child = subprocess.Popen(
-        [sys.executable, "manage.py", "corrections", "apply", "--batch", batch],
+        [
+            sys.executable,
+            "manage.py",
+            "corrections",
+            "apply",
+            "--batch",
+            batch,
+            "--operator",
+            "ledger-test",
+        ],  # fmt: skip
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -128,15 +143,23 @@ def test_batch_state_machine_is_enforced_by_the_database(incident, run):
     assert run("apply", "--batch", batch).code != 0
 
 
-def test_a_batch_is_reverted_at_most_once_by_constraint(incident, run):
+def test_an_event_is_inverted_at_most_once_by_constraint(incident, run):
+    from ledger.models import CorrectionEvent
+
     opp = str(incident.opportunity_a.opportunity_id)
     batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
     run("apply", "--batch", batch)
-    run("undo", "--batch", batch, "--reason", "y")
+    assert run("undo", "--batch", batch, "--reason", "y").code == 0
+    again = run("undo", "--batch", batch, "--reason", "again")
+    assert again.code != 0 and "only an applied batch can be undone" in again.err
+    inverse = CorrectionEvent.objects.filter(inverts__batch_id=batch).first()
+    twin = {
+        f.attname: getattr(inverse, f.attname)
+        for f in CorrectionEvent._meta.fields
+        if f.attname not in ("id", "hash")
+    }
     with pytest.raises(DatabaseError), transaction.atomic():
-        CorrectionBatch.objects.create(
-            planner="undo", reason="again", planned_by="x", plan_digest="0", reverts_id=batch
-        )
+        CorrectionEvent.objects.create(**twin, hash="f" * 64)
 
 
 def test_planned_changes_are_frozen_once_the_batch_leaves_planned(incident, run):

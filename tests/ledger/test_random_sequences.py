@@ -45,7 +45,7 @@ def test_random_operations_keep_invariants(make_capped_access, run, seed):
                 if result.code == 0:
                     testing.assert_batch_reverted(batch)
                 else:
-                    assert "no longer have the status" in result.err
+                    assert "no longer as the batch expects" in result.err
         elif action == "edit":
             # Someone outside the ledger re-approves a work and its visits (a PM override).
             work = (

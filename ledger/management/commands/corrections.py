@@ -30,10 +30,7 @@ class Command(BaseCommand):
         except ConflictError as error:
             self.stderr.write(f"corrections: {error}; nothing was written:")
             for c in error.conflicts:
-                self.stderr.write(
-                    f"  {c.entity_kind} {c.entity_id}: expected {c.expected_status}, "
-                    f"found {c.found_status or 'no such row'}"
-                )
+                self.stderr.write("  " + operate.describe_conflict(c))
             self.stderr.write("Re-plan, or pass --skip-conflicts to leave these units alone.")
             sys.exit(error.exit_code)
         except LedgerError as error:

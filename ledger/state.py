@@ -1,0 +1,77 @@
+"""The expected state of a unit, read the same way when planning and when projecting.
+
+Compare-and-set compares more than a status: the completed work a visit belongs to, the visits
+a work holds (with their statuses), and the entity's latest ledger event — so an older batch
+cannot silently revert a newer one, and a visit that moved or arrived since the plan is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import connection
+
+from ledger.host import UserVisit
+from ledger.models import CorrectionEvent
+from ledger.sql import table
+
+
+def members_text(members: dict[int, str]) -> str:
+    """A work's visits as ``id:status,…`` in id order (what plans and events record)."""
+    return ",".join(f"{pk}:{status}" for pk, status in sorted(members.items()))
+
+
+def parse_members(text: str | None) -> dict[int, str]:
+    if not text:
+        return {}
+    return {int(pk): status for pk, status in (item.split(":", 1) for item in text.split(","))}
+
+
+def work_members(work_ids: Iterable[int]) -> dict[int, str]:
+    """Each work's visits now, as :func:`members_text` (works without visits map to '')."""
+    ids = sorted(set(work_ids))
+    found = dict.fromkeys(ids, "")
+    if not ids:
+        return found
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT completed_work_id, string_agg(id::text || ':' || status, ',' ORDER BY id)
+                FROM {table(UserVisit)} WHERE completed_work_id = ANY(%s::bigint[])
+                GROUP BY completed_work_id""",
+            [ids],
+        )
+        found.update(cursor.fetchall())
+    return found
+
+
+def latest_events(
+    pairs: Iterable[tuple[str, int]], *, live: bool = False
+) -> dict[tuple[str, int], tuple[int, str]]:
+    """Each entity's latest ledger event: ``(kind, id) -> (event id, batch id)``.
+
+    With ``live``, the latest event still in force: undo events, and events an undo inverted,
+    are passed over. After batches 1, 2 and 3 and the undo of 3, batch 2's event is the live
+    one, so batch 2 can be undone next — and batch 1 only after it.
+    """
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    events = table(CorrectionEvent)
+    live_only = (
+        f"""AND e.inverts_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)"""
+        if live
+        else ""
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT u.kind, u.id, l.id, l.batch_id::text
+                FROM unnest(%s::text[], %s::bigint[]) AS u(kind, id)
+                CROSS JOIN LATERAL (
+                    SELECT e.id, e.batch_id FROM {events} e
+                    WHERE e.entity_kind = u.kind AND e.entity_id = u.id {live_only}
+                    ORDER BY e.id DESC LIMIT 1
+                ) l""",
+            [[k for k, _ in pairs], [i for _, i in pairs]],
+        )
+        return {(kind, pk): (event_id, batch) for kind, pk, event_id, batch in cursor.fetchall()}
