@@ -276,3 +276,31 @@ def raw_connection(db) -> Iterator[RawConnection]:
         yield conn
     finally:
         conn.close()
+
+
+TEST_OPERATOR = "ledger-test"
+# Operators some tests name explicitly, as people would be named.
+NAMED_OPERATORS = ("alice", "bob", "carol")
+
+
+@pytest.fixture(autouse=True)
+def ledger_operator(request, settings):
+    """Tests act as one superuser unless they name operators; approval is tested on its own.
+
+    Deployments have no default operator and require approval (see ledger.conf).
+    """
+    settings.LEDGER_DEFAULT_OPERATOR = TEST_OPERATOR
+    settings.LEDGER_REQUIRE_APPROVAL = False
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+    } & set(request.fixturenames)
+    if not uses_db:
+        return
+    request.getfixturevalue("db")
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    for name in (TEST_OPERATOR, *NAMED_OPERATORS):
+        if not User.objects.filter(username=name).exists():
+            User.objects.create_superuser(username=name, email=None, password=None)
