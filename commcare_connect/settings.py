@@ -126,3 +126,8 @@ if os.environ.get("REDIS_URL"):
     LEDGER_ACCESS_LOCK = "ledger.locks.redis_access_lock"
 else:
     LEDGER_ACCESS_LOCK = "commcare_connect.ledger_hooks.lock_accesses_for_transaction"
+
+# The ledger's external anchors: the signing key and the log live outside the database and the
+# repository; set them in the environment (the demo makes a throwaway key per run).
+LEDGER_ANCHOR_KEY = os.environ.get("LEDGER_ANCHOR_KEY") or None
+LEDGER_ANCHOR_LOG = os.environ.get("LEDGER_ANCHOR_LOG") or None

@@ -73,28 +73,40 @@ def _accruals(data: IncidentData) -> dict[int, int]:
 
 
 def correct(data: IncidentData, stdout: TextIO) -> None:
-    """Plan → apply → history → verify → undo → verify, the way an operator runs them."""
+    """Plan → approve → apply → history → verify → undo → verify, as operators run them."""
     import re
 
+    from django.conf import settings
+
+    from commcare_connect.demo.people import OPERATOR, REVIEWER, ensure_people
     from commcare_connect.opportunity.models import UserVisit
 
     opportunities = [str(u) for u in data.opportunity_uuids]
     scope = [x for u in opportunities for x in ("--opportunity", u)]
     before = _accruals(data)
+    ensure_people()
+    anchors = settings.LEDGER_ANCHOR_KEY and settings.LEDGER_ANCHOR_LOG
+    checked = ("--anchors", settings.LEDGER_ANCHOR_LOG) if anchors else ()
 
-    _heading(stdout, "3. Plan the correction: what flips, what it costs, what is left alone")
+    _heading(stdout, f"3. {OPERATOR} plans the correction: what flips, what it costs")
     plan = _corrections(
         stdout, "plan", "over-cap", *scope, "--reason", "Over-cap incident: visits past the cap "
         "were auto-approved while the duplicate flag was off", "--ticket", "CI-639",
-        "--operator", "operator-amina",
+        "--operator", OPERATOR,
     )  # fmt: skip
     batch = re.search(r"Planned batch ([0-9a-f-]{36})", plan).group(1)
+    digest = re.search(r"Plan digest: ([0-9a-f]{64})", plan).group(1)
 
-    _heading(stdout, "4. Apply it: events and status flips in one transaction, then recompute")
-    _corrections(stdout, "apply", "--batch", batch, "--operator", "operator-bakari")
+    _heading(stdout, f"4. {REVIEWER} (finance) reviews the priced plan and approves it")
+    _corrections(
+        stdout, "approve", "--batch", batch, "--plan-digest", digest[:12], "--operator", REVIEWER
+    )
+
+    _heading(stdout, f"5. {OPERATOR} applies it: events and flips in one transaction, recompute")
+    _corrections(stdout, "apply", "--batch", batch, "--operator", OPERATOR)
     after_apply = _accruals(data)
 
-    _heading(stdout, "5. History of one corrected visit")
+    _heading(stdout, "6. History of one corrected visit")
     visit = (
         UserVisit.objects.filter(completed_work_id=data.over_cap_work_ids["w1"])
         .exclude(status="trial")
@@ -103,18 +115,20 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
     )
     _corrections(stdout, "history", "--visit", str(visit.pk))
 
-    _heading(stdout, "6. Verify the ledger against the live data")
-    _corrections(stdout, "verify")
+    _heading(stdout, "7. Verify the ledger against the live data and the external anchors")
+    if not anchors:
+        _corrections(stdout, "anchor")
+    _corrections(stdout, "verify", *checked)
 
-    _heading(stdout, "7. Undo the batch (a rehearsal of the way back)")
+    _heading(stdout, "8. Undo the batch (a rehearsal of the way back)")
     _corrections(
         stdout, "undo", "--batch", batch, "--reason", "Demo: rehearse the rollback",
-        "--operator", "operator-amina",
+        "--operator", OPERATOR,
     )  # fmt: skip
     _corrections(stdout, "history", "--visit", str(visit.pk))
-    _corrections(stdout, "verify")
+    _corrections(stdout, "verify", *checked)
 
-    _heading(stdout, "8. Accruals: before, after apply, after undo")
+    _heading(stdout, "9. Accruals: before, after apply, after undo")
     after_undo = _accruals(data)
     stdout.write(f"{'worker':<8}{'access':>8}{'before':>10}{'applied':>10}{'undone':>10}\n")
     for key, access in sorted(data.accesses.items()):

@@ -276,7 +276,11 @@ def print_plan(report: PlanReport, options: dict, out: Output) -> None:
     )
     if report.batch:
         out.line("")
-        out.line(f"Review, then: ./manage.py corrections apply --batch {report.batch}")
+        out.line(f"Plan digest: {report.plan_digest}")
+        out.line(
+            f"Review, then a second person approves: ./manage.py corrections approve --batch "
+            f"{report.batch} --plan-digest {report.plan_digest[:12]} --operator REVIEWER"
+        )
 
 
 def print_scan(report: ScanReport, options: dict, out: Output) -> None:
