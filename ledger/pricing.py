@@ -11,6 +11,7 @@ transaction.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,7 +25,7 @@ from ledger.host import CompletedWork, OpportunityAccess, Payment, UserVisit
 from ledger.models import EntityKind
 from ledger.planners.rows import PlannedRow, table
 from ledger.retry import with_backoff
-from ledger.sql import db_now, lock_rows_nowait
+from ledger.sql import db_now, ids_where, lock_rows_patiently
 
 ZERO = Decimal(0)
 _SUMS = (
@@ -70,17 +71,17 @@ def _access_sums(access_ids: list[int]) -> dict[int, tuple]:
     return {r["opportunity_access_id"]: tuple(r[name] or 0 for name in _SUMS) for r in rows}
 
 
-def _write_statuses(model, pairs: list[tuple[int, str]], stamp) -> None:
+def _write_statuses(model, pairs: list[tuple[int, str]], stamp, deadline: float) -> None:
     """Write statuses as the projector will: the new status and ``status_modified_date``.
 
     The stamp matters: the host prices approved work in USD at the rate of the day its status
-    changed. Rows are locked NOWAIT first, as the projector locks them: a dry run must not
-    queue behind live traffic while holding rows it needs either.
+    changed. Rows are locked first without waiting, as the projector locks them: a dry run must
+    not queue behind live traffic while holding rows it needs either.
     """
     if not pairs:
         return
     ids = [p[0] for p in pairs]
-    lock_rows_nowait(model, ("status",), ids, strength="UPDATE")
+    lock_rows_patiently(model, ("status",), ids, strength="UPDATE", deadline=deadline)
     with connection.cursor() as cursor:
         cursor.execute(
             f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = %s
@@ -125,24 +126,31 @@ def _simulate(flips: list[PlannedRow], accesses: dict) -> tuple[dict, dict, dict
     """Flip, let the host recompute, read the figures, roll back. One attempt."""
     access_ids = sorted(accesses)
     planned = {r.entity_id: r.to_status for r in flips if r.entity_kind == "completed_work"}
+    deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
     with transaction.atomic():
         stamp = db_now()
+        # The host's recompute writes every work of the access and saves the access: lock all
+        # of them, and the flipped visits, without waiting on live traffic.
+        lock_rows_patiently(
+            CompletedWork,
+            ("status",),
+            ids_where(CompletedWork, "opportunity_access_id", access_ids),
+            strength="UPDATE",
+            deadline=deadline,
+        )
+        lock_rows_patiently(OpportunityAccess, ("payment_accrued",), access_ids, deadline=deadline)
         _write_statuses(
             CompletedWork,
             [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "completed_work"],
             stamp,
+            deadline,
         )
         _write_statuses(
             UserVisit,
             [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"],
             stamp,
+            deadline,
         )
-        # The host's recompute writes every work of the access and saves the access: lock them
-        # NOWAIT like the rest.
-        lock_rows_nowait(
-            CompletedWork, ("status",), access_ids, by="opportunity_access_id", strength="UPDATE"
-        )
-        lock_rows_nowait(OpportunityAccess, ("payment_accrued",), access_ids)
         before = _access_sums(access_ids)  # what the works hold now (saved figures untouched)
         for access_id in access_ids:
             host.simulate_recompute(accesses[access_id])

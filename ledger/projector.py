@@ -5,13 +5,14 @@
 1. locks the chain head — the ledger's write lock — and reads the database clock once, so event
    ids, chain order and ``recorded_at`` agree whatever the isolation level or the clocks of the
    application servers;
-2. locks the units' rows with NOWAIT — each work ``FOR UPDATE`` (no visit can join it until the
-   commit) and every visit of those works ``FOR NO KEY UPDATE`` — then takes the host's per-access
-   accrual locks, all or none within a bounded wait. Rows before the accrual lock is the host's
-   own order; and because the projector never waits on a lock that live traffic holds, a
-   request can wait for a projection but never deadlock with one. When something is busy the
-   error (SQLSTATE 55P03, or :class:`~ledger.errors.LockBusy`) rolls the transaction back and
-   the caller retries later (:mod:`ledger.retry`);
+2. locks the units' rows — each work ``FOR UPDATE`` (no visit can join it until the commit)
+   and every visit of those works ``FOR NO KEY UPDATE`` — then takes the host's per-access
+   accrual locks. Rows before the accrual lock is the host's own order. Nothing is ever waited
+   for: free rows and locks are taken at once (``SKIP LOCKED``, a non-blocking try) and kept,
+   busy ones are tried again as live requests finish, so a request can wait for a projection
+   but never deadlock with one. When something stays busy past ``LEDGER_ACCESS_LOCK_WAIT``,
+   :class:`~ledger.errors.LockBusy` rolls the transaction back and the caller retries later
+   (:mod:`ledger.retry`);
 3. compares each unit's whole expected state: every member's status, the work each visit
    belongs to, the visits (with statuses) each work holds, and each entity's latest ledger
    event — the one the plan saw, or for an undo the event it inverts;
@@ -27,6 +28,7 @@ No event without its change and no change without its event: both happen in one 
 from __future__ import annotations
 
 import datetime
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from ledger.head import lock_head, move_events
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
-from ledger.sql import CHUNK, db_now, insert_rows, lock_rows_nowait, table
+from ledger.sql import CHUNK, db_now, ids_where, insert_rows, lock_rows_patiently, table
 from ledger.state import latest_events, members_text
 
 FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
@@ -88,17 +90,29 @@ class _Now:
 
 
 def _lock_units(flips: Sequence[Flip]) -> _Now:
+    """Lock every row of the batch's units, patiently, and read their state under the locks.
+
+    Works first, ``FOR UPDATE``: no visit can join a locked work until the commit, so the
+    visits read next are all the work holds. Then those visits and the listed ones,
+    ``FOR NO KEY UPDATE``.
+    """
+    deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
     work_ids = sorted({f.entity_id for f in flips if f.entity_kind == WORK})
-    visit_ids = sorted({f.entity_id for f in flips if f.entity_kind == VISIT})
-    works = lock_rows_nowait(
+    works = lock_rows_patiently(
         CompletedWork,
         ("status", "status_modified_date", "opportunity_access_id"),
         work_ids,
-        strength="UPDATE",  # no visit joins a locked work before the commit
+        strength="UPDATE",
+        deadline=deadline,
     )
-    columns = ("status", "status_modified_date", "completed_work_id")
-    visits = lock_rows_nowait(UserVisit, columns, visit_ids)
-    visits.update(lock_rows_nowait(UserVisit, columns, work_ids, by="completed_work_id"))
+    visit_ids = {f.entity_id for f in flips if f.entity_kind == VISIT}
+    visit_ids.update(ids_where(UserVisit, "completed_work_id", list(works)))
+    visits = lock_rows_patiently(
+        UserVisit,
+        ("status", "status_modified_date", "completed_work_id"),
+        sorted(visit_ids),
+        deadline=deadline,
+    )
     members: dict[int, dict[int, str]] = {pk: {} for pk in works}
     for pk, (status, _, work_id) in visits.items():
         if work_id in members:

@@ -79,28 +79,63 @@ def db_now() -> datetime.datetime:
         return cursor.fetchone()[0]
 
 
-def lock_rows_nowait(
+POLL = 0.01  # seconds between rounds of attempts on rows still held by live traffic
+
+
+def lock_rows_patiently(
     model,
     columns: Sequence[str],
     ids: Sequence[int],
     *,
-    by: str = "id",
     strength: str = "NO KEY UPDATE",
+    deadline: float,
 ) -> dict[int, tuple]:
-    """Lock the rows whose ``by`` column is in ``ids`` (NOWAIT); return ``id -> columns``.
+    """Lock rows by id without ever waiting on a lock; return ``id -> columns``.
 
-    NOWAIT: a row held by live traffic fails the statement at once with SQLSTATE 55P03 instead
-    of queueing behind it, so the ledger never waits while holding locks a request may need.
+    Each round takes the free rows (``SKIP LOCKED``) and keeps them; rows held by live traffic
+    are tried again a moment later, as their requests commit. The ledger never queues behind a
+    request, so it can never be one side of a deadlock with one. Past ``deadline``
+    (``time.monotonic()``) it gives up with SQLSTATE 55P03 semantics: ``LockBusy`` — the
+    caller's transaction rolls back, freeing what was taken. Ids with no row are left out.
     """
+    import time
+
+    from ledger.errors import LockBusy
+
     found: dict[int, tuple] = {}
-    ids = sorted(set(ids))
+    missing = sorted(set(ids))
     with connection.cursor() as cursor:
-        for start in range(0, len(ids), CHUNK):
-            cursor.execute(
-                f"""SELECT id, {", ".join(columns)} FROM {table(model)}
-                    WHERE {by} = ANY(%s::bigint[]) ORDER BY id FOR {strength} NOWAIT""",
-                [ids[start : start + CHUNK]],
-            )
-            for row in cursor.fetchall():
-                found[row[0]] = row[1:]
+        while missing:
+            for start in range(0, len(missing), CHUNK):
+                cursor.execute(
+                    f"""SELECT id, {", ".join(columns)} FROM {table(model)}
+                        WHERE id = ANY(%s::bigint[]) ORDER BY id FOR {strength} SKIP LOCKED""",
+                    [missing[start : start + CHUNK]],
+                )
+                for row in cursor.fetchall():
+                    found[row[0]] = row[1:]
+            left = [pk for pk in missing if pk not in found]
+            if not left:
+                break
+            cursor.execute(f"SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[])", [left])
+            busy = sorted(pk for (pk,) in cursor.fetchall())
+            if busy and time.monotonic() >= deadline:
+                raise LockBusy(
+                    f"{len(busy)} {model._meta.verbose_name_plural} are held by live traffic "
+                    f"(first: {busy[0]})"
+                )
+            missing = busy
+            if missing:
+                time.sleep(POLL)
     return found
+
+
+def ids_where(model, column: str, values: Sequence[int]) -> list[int]:
+    """Ids of ``model`` rows whose ``column`` is in ``values`` (a plain read, no lock)."""
+    if not values:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table(model)} WHERE {column} = ANY(%s::bigint[])", [list(values)]
+        )
+        return [pk for (pk,) in cursor.fetchall()]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -281,6 +284,49 @@ def raw_connection(db) -> Iterator[RawConnection]:
 TEST_OPERATOR = "ledger-test"
 # Operators some tests name explicitly, as people would be named.
 NAMED_OPERATORS = ("alice", "bob", "carol")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    pytest.importorskip("django_redis")
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server")
+    folder = tmp_path_factory.mktemp("redis")
+    socket = folder / "redis.sock"
+    process = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.skip("redis-server did not start")
+        yield f"unix://{socket}?db=0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_cache(redis_url):
+    caches = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+        }
+    }
+    with override_settings(CACHES=caches):
+        from django.core.cache import cache
+
+        cache.clear()
+        yield cache
 
 
 @pytest.fixture(autouse=True)

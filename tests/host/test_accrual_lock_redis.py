@@ -7,15 +7,11 @@ skipped when either is unavailable.
 from __future__ import annotations
 
 import runpy
-import shutil
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from django.db import connection
-from django.test.utils import override_settings
 
 from commcare_connect.opportunity.accrual_lock import cache_has_lock
 from commcare_connect.opportunity.models import OpportunityAccess
@@ -38,49 +34,6 @@ def test_redis_url_selects_the_hosts_cache_and_the_redis_ledger_lock(monkeypatch
     settings = runpy.run_path(str(SETTINGS))
     assert "CACHES" not in settings  # Django's local-memory cache: no lock()
     assert settings["LEDGER_ACCESS_LOCK"].startswith("commcare_connect.ledger_hooks.")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    pytest.importorskip("django_redis")
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("no redis-server")
-    folder = tmp_path_factory.mktemp("redis")
-    socket = folder / "redis.sock"
-    process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no",
-         "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(100):
-            if socket.exists():
-                break
-            time.sleep(0.05)
-        else:
-            pytest.skip("redis-server did not start")
-        yield f"unix://{socket}?db=0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def redis_cache(redis_url):
-    caches = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": redis_url,
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
-        }
-    }
-    with override_settings(CACHES=caches):
-        from django.core.cache import cache
-
-        cache.clear()
-        yield cache
 
 
 def _paid_access(host):

@@ -1,0 +1,124 @@
+"""The host's Redis accrual lock as the ledger takes it (``ledger.locks.redis_access_lock``).
+
+A private redis-server backs a django-redis cache (skipped where none can start; CI starts
+one). The lock is the host's own — ``update_payment_accrued_lock_<access id>`` — held while the
+projection flips the access's statuses and freed the moment its transaction ends, committed or
+refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from commcare_connect.opportunity.models import CompletedWork
+from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
+from ledger import locks
+
+from .conftest import ledger_counts
+
+
+@pytest.fixture
+def redis_ledger(redis_cache, settings):
+    settings.LEDGER_ACCESS_LOCK = "ledger.locks.redis_access_lock"
+    settings.LEDGER_ACCESS_LOCK_WAIT = 0.3
+    return redis_cache
+
+
+def _capped(host):
+    opp = host.opportunity()
+    unit = host.unit(opp, amount=100, required=1)
+    access = host.access(opp, caps={unit: 1})
+    for _ in range(3):
+        host.approved_work(access, unit)
+    update_payment_accrued_for_user(access, incremental=False)
+    return opp, access
+
+
+def _plan(run, opp) -> str:
+    result = run(
+        "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "r", "--json"
+    )
+    assert result.code == 0, result.err
+    return result.json["batch"]
+
+
+def _free(cache, access_id: int) -> bool:
+    lock = cache.lock(locks.LOCK_NAME.format(access_id), timeout=5)
+    if lock.acquire(blocking=False):
+        lock.release()
+        return True
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_holds_the_hosts_lock_while_projecting_and_frees_it(
+    host, run, redis_ledger, monkeypatch
+):
+    opp, access = _capped(host)
+    batch = _plan(run, opp)
+    seen = []
+    real = locks.redis_access_lock
+
+    def watching(access_ids, wait):
+        release = real(access_ids, wait)
+        seen.append([_free(redis_ledger, a) for a in access_ids])  # held: not free
+        return release
+
+    monkeypatch.setattr(locks, "redis_access_lock", watching)
+    assert run("apply", "--batch", batch).code == 0
+    assert seen == [[False]]
+    assert _free(redis_ledger, access.pk)
+    assert CompletedWork.objects.filter(opportunity_access=access, status="over_limit").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_apply_frees_the_locks_at_once(host, run, redis_ledger):
+    opp, access = _capped(host)
+    batch = _plan(run, opp)
+    work = CompletedWork.objects.filter(opportunity_access=access).order_by("-id").first()
+    CompletedWork.objects.filter(pk=work.pk).update(status="rejected")  # a conflict
+    counts = ledger_counts()
+    result = run("apply", "--batch", batch)
+    assert result.code != 0
+    assert ledger_counts() == counts
+    assert _free(redis_ledger, access.pk)  # not left to expire after 15 minutes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_apply_backs_off_while_live_traffic_holds_the_lock(host, run, redis_ledger):
+    opp, access = _capped(host)
+    batch = _plan(run, opp)
+    # Another request's lock, released from its own thread a second later.
+    held = redis_ledger.lock(locks.LOCK_NAME.format(access.pk), timeout=900, thread_local=False)
+    assert held.acquire(blocking=False)
+    releaser = threading.Timer(1.0, held.release)
+    releaser.start()
+    started = time.monotonic()
+    result = run("apply", "--batch", batch)
+    releaser.join()
+    assert result.code == 0, result.err
+    assert time.monotonic() - started >= 0.9
+    assert f"the accrual lock of access {access.pk} is held elsewhere" in result.err
+    assert _free(redis_ledger, access.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_held_too_long_makes_apply_give_up_having_written_nothing(
+    host, run, redis_ledger, settings
+):
+    settings.LEDGER_RETRY_SECONDS = 1.0
+    opp, access = _capped(host)
+    batch = _plan(run, opp)
+    held = redis_ledger.lock(locks.LOCK_NAME.format(access.pk), timeout=900)
+    assert held.acquire(blocking=False)
+    try:
+        counts = ledger_counts()
+        result = run("apply", "--batch", batch)
+        assert result.code != 0
+        assert "gave up" in result.err and "nothing was written" in result.err
+        assert ledger_counts() == counts
+    finally:
+        held.release()
