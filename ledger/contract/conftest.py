@@ -147,13 +147,57 @@ class World:
             access.refresh_from_db()
 
 
+PLANNER = "contract-planner"
+REVIEWER = "contract-reviewer"
+
+
 @pytest.fixture
 def world(transactional_db) -> World:
     return World()
 
 
 @pytest.fixture
-def corrections():
+def people(transactional_db):
+    """Two people, as the ledger requires: one plans and applies, another approves."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    for username in (PLANNER, REVIEWER):
+        baker.make(
+            User,
+            **{User.USERNAME_FIELD: username},
+            is_active=True,
+            is_superuser=True,
+            is_staff=True,
+        )
+    return PLANNER, REVIEWER
+
+
+@pytest.fixture
+def corrections(people):
+    """``./manage.py corrections …`` in-process; plan/apply/undo act as the planner."""
     from ledger.testing import run_corrections
 
-    return run_corrections
+    acting = {"plan", "apply", "undo", "discard"}
+
+    def run(*args: str):
+        if args and args[0] in acting and "--operator" not in args:
+            args = (*args, "--operator", PLANNER)
+        return run_corrections(*args)
+
+    return run
+
+
+@pytest.fixture
+def apply(corrections):
+    """Approve a plan as the reviewer (four eyes), then apply it as the planner."""
+
+    def run(plan: dict, *extra: str):
+        approved = corrections(
+            "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
+            "--operator", REVIEWER,
+        )  # fmt: skip
+        assert approved.code == 0, approved.err
+        return corrections("apply", "--batch", plan["batch"], *extra)
+
+    return run

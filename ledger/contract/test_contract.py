@@ -30,7 +30,7 @@ def _over_cap_world(world, *, code="USD", rate=None, amount=100, org_amount=20):
 def _plan(corrections, opp, *extra):
     result = corrections(
         "plan", "over-cap", "--opportunity", str(opp.opportunity_id),
-        "--reason", "contract: over-cap", "--operator", "contract", "--json", *extra,
+        "--reason", "contract: over-cap", "--json", *extra,
     )  # fmt: skip
     assert result.code == 0, result.err
     return result.json
@@ -64,7 +64,7 @@ def _cells(accesses):
     [("USD", None, 100), ("KES", KES_RATE, 1300)],
     ids=["usd", "kes"],
 )
-def test_priced_plan_equals_the_hosts_own_recompute(world, corrections, code, rate, amount):
+def test_priced_plan_equals_the_hosts_own_recompute(world, corrections, apply, code, rate, amount):
     opp, unit, (over_a, over_b, at_cap, suspended) = _over_cap_world(
         world, code=code, rate=rate, amount=amount
     )
@@ -82,7 +82,7 @@ def test_priced_plan_equals_the_hosts_own_recompute(world, corrections, code, ra
     assert lines[suspended.pk]["suspended"] is True
     assert plan["notes"], "the plan says suspended accesses are recomputed"
 
-    applied = corrections("apply", "--batch", plan["batch"], "--operator", "contract", "--json")
+    applied = apply(plan, "--json")
     assert applied.code == 0, applied.err
     for access in (over_a, over_b, suspended):
         access.refresh_from_db()
@@ -93,25 +93,23 @@ def test_priced_plan_equals_the_hosts_own_recompute(world, corrections, code, ra
     assert at_cap.payment_accrued == before[at_cap.pk]
 
 
-def test_apply_then_verify_is_clean(world, corrections):
+def test_apply_then_verify_is_clean(world, corrections, apply):
     opp, _, _ = _over_cap_world(world)
     plan = _plan(corrections, opp)
-    assert corrections("apply", "--batch", plan["batch"], "--operator", "contract").code == 0
+    assert apply(plan).code == 0
     verified = corrections("verify", "--json")
     assert verified.code == 0, verified.out + verified.err
     testing.assert_events_match_state()
 
 
-def test_undo_restores_every_cell(world, corrections):
+def test_undo_restores_every_cell(world, corrections, apply):
     opp, _, accesses = _over_cap_world(world, code="KES", rate=KES_RATE, amount=1300)
     before = _cells(accesses)
     plan = _plan(corrections, opp)
-    assert corrections("apply", "--batch", plan["batch"], "--operator", "contract").code == 0
+    assert apply(plan).code == 0
     assert _cells(accesses) != before
 
-    undone = corrections(
-        "undo", "--batch", plan["batch"], "--reason", "contract: undo", "--operator", "contract"
-    )
+    undone = corrections("undo", "--batch", plan["batch"], "--reason", "contract: undo")
     assert undone.code == 0, undone.err
     assert _cells(accesses) == before
     testing.assert_batch_reverted(plan["batch"])
@@ -119,10 +117,10 @@ def test_undo_restores_every_cell(world, corrections):
     assert corrections("verify").code == 0
 
 
-def test_history_is_append_only_in_the_database(world, corrections):
+def test_history_is_append_only_in_the_database(world, corrections, apply):
     opp, _, _ = _over_cap_world(world)
     plan = _plan(corrections, opp)
-    assert corrections("apply", "--batch", plan["batch"], "--operator", "contract").code == 0
+    assert apply(plan).code == 0
     testing.assert_append_only()
 
 
@@ -151,7 +149,7 @@ def test_a_list_naming_part_of_a_work_is_refused_or_expanded(world, corrections,
     assert expanded.json["totals"]["works"] == 1 and expanded.json["totals"]["visits"] == 2
 
 
-def test_exclusions_are_reported_and_left_alone(world, corrections, tmp_path):
+def test_exclusions_are_reported_and_left_alone(world, corrections, apply, tmp_path):
     opp = world.opportunity()
     unit = world.unit(opp)
     access = world.access(opp, {unit: 1})
@@ -173,7 +171,7 @@ def test_exclusions_are_reported_and_left_alone(world, corrections, tmp_path):
         "rejected": [rejected.pk],
     }
     assert plan["totals"]["works"] == 1
-    assert corrections("apply", "--batch", plan["batch"], "--operator", "contract").code == 0
+    assert apply(plan).code == 0
     statuses = dict(
         host.CompletedWork.objects.filter(
             pk__in=[paid.pk, overridden.pk, rejected.pk, flipped.pk]
@@ -211,3 +209,38 @@ def test_a_list_accounts_for_every_id_it_was_given(world, corrections, tmp_path)
     excluded = {e["reason"]: e["visit_ids"] for e in report["exclusions"]}
     assert excluded == {"trial": [trial.pk], "already_target": [already_visit.pk]}
     assert report["totals"]["visits"] == 1 and report["totals"]["works"] == 1
+
+
+def test_four_eyes_a_plan_is_applied_only_after_someone_else_approves_it(
+    world, corrections, people, settings
+):
+    settings.LEDGER_REQUIRE_APPROVAL = True
+    planner, reviewer = people
+    opp, _, _ = _over_cap_world(world)
+    plan = _plan(corrections, opp)
+    refused = corrections("apply", "--batch", plan["batch"])
+    assert refused.code != 0 and "has not been approved" in refused.err
+    own = corrections(
+        "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
+        "--operator", planner,
+    )  # fmt: skip
+    assert own.code != 0 and "someone else must approve" in own.err
+    approved = corrections(
+        "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
+        "--operator", reviewer,
+    )  # fmt: skip
+    assert approved.code == 0, approved.err
+    assert corrections("apply", "--batch", plan["batch"]).code == 0
+    batch = CorrectionBatch.objects.get(pk=plan["batch"])
+    assert (batch.planned_by, batch.approved_by, batch.applied_by) == (planner, reviewer, planner)
+
+
+def test_verify_holds_the_record_after_apply_and_undo(world, corrections, apply):
+    opp, _, _ = _over_cap_world(world)
+    plan = _plan(corrections, opp)
+    assert apply(plan).code == 0
+    assert corrections("undo", "--batch", plan["batch"], "--reason", "contract").code == 0
+    verified = corrections("verify", "--json")
+    assert verified.code == 0, verified.out
+    checks = {c["name"] for c in verified.json["checks"]}
+    assert {"chain", "lifecycle", "plans", "accruals", "triggers"} <= checks
