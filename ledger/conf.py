@@ -16,6 +16,9 @@ DEFAULTS: dict[str, Any] = {
     "ACCESS_LOCK_CACHE": "default",
     # Seconds the projector waits for all accrual locks before it backs off and retries.
     "ACCESS_LOCK_WAIT": 2.0,
+    # How long (ms) the host's recompute, run by the ledger, may wait on a row before it lets
+    # go and retries (it never waits on a request that waits on it).
+    "RECOMPUTE_LOCK_TIMEOUT_MS": 200,
     # Seconds apply, undo and pricing keep retrying while live traffic holds what they need.
     "RETRY_SECONDS": 300.0,
     # Apply refuses a batch nobody but its planner has reviewed (corrections approve).

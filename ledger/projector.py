@@ -5,14 +5,16 @@
 1. locks the chain head — the ledger's write lock — and reads the database clock once, so event
    ids, chain order and ``recorded_at`` agree whatever the isolation level or the clocks of the
    application servers;
-2. locks the units' rows — each work ``FOR UPDATE`` (no visit can join it until the commit)
-   and every visit of those works ``FOR NO KEY UPDATE`` — then takes the host's per-access
-   accrual locks. Rows before the accrual lock is the host's own order. Nothing is ever waited
-   for: free rows and locks are taken at once (``SKIP LOCKED``, a non-blocking try) and kept,
-   busy ones are tried again as live requests finish, so a request can wait for a projection
-   but never deadlock with one. When something stays busy past ``LEDGER_ACCESS_LOCK_WAIT``,
+2. takes the host's per-access accrual locks, then locks the units' rows — each work
+   ``FOR UPDATE`` (no visit can join it until the commit) and every visit of those works
+   ``FOR NO KEY UPDATE``. Nothing is ever waited for: free locks and rows are taken at once (a
+   non-blocking try, ``SKIP LOCKED``) and kept, busy ones are tried again as live requests
+   finish, so a request can wait for a projection but never deadlock with one. Accrual locks
+   come first because the host's recompute holds its access's lock while it writes that
+   access's works. When something stays busy past ``LEDGER_ACCESS_LOCK_WAIT``,
    :class:`~ledger.errors.LockBusy` rolls the transaction back and the caller retries later
-   (:mod:`ledger.retry`);
+   (:mod:`ledger.retry`) — or, with ``skip_conflicts``, the busy units are skipped like
+   conflicting ones;
 3. compares each unit's whole expected state: every member's status, the work each visit
    belongs to, the visits (with statuses) each work holds, and each entity's latest ledger
    event — the one the plan saw, or for an undo the event it inverts;
@@ -87,16 +89,20 @@ class _Now:
     members: dict[int, dict[int, str]]  # work id -> {visit id: status}
     latest: dict[tuple[str, int], tuple[int, str]]  # (kind, id) -> (event id, batch id)
     live: dict[tuple[str, int], tuple[int, str]]  # the same, passing over undone events
+    busy: set[tuple[str, int]]  # rows live traffic kept past the wait (skipped units only)
 
 
-def _lock_units(flips: Sequence[Flip]) -> _Now:
+def _lock_units(flips: Sequence[Flip], skip_busy: bool) -> _Now:
     """Lock every row of the batch's units, patiently, and read their state under the locks.
 
     Works first, ``FOR UPDATE``: no visit can join a locked work until the commit, so the
     visits read next are all the work holds. Then those visits and the listed ones,
-    ``FOR NO KEY UPDATE``.
+    ``FOR NO KEY UPDATE``. With ``skip_busy``, rows live traffic still holds at the deadline
+    are reported busy (their units are skipped) instead of giving the attempt up.
     """
     deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
+    busy_works: list[int] | None = [] if skip_busy else None
+    busy_visits: list[int] | None = [] if skip_busy else None
     work_ids = sorted({f.entity_id for f in flips if f.entity_kind == WORK})
     works = lock_rows_patiently(
         CompletedWork,
@@ -104,6 +110,7 @@ def _lock_units(flips: Sequence[Flip]) -> _Now:
         work_ids,
         strength="UPDATE",
         deadline=deadline,
+        busy=busy_works,
     )
     visit_ids = {f.entity_id for f in flips if f.entity_kind == VISIT}
     visit_ids.update(ids_where(UserVisit, "completed_work_id", list(works)))
@@ -112,7 +119,9 @@ def _lock_units(flips: Sequence[Flip]) -> _Now:
         ("status", "status_modified_date", "completed_work_id"),
         sorted(visit_ids),
         deadline=deadline,
+        busy=busy_visits,
     )
+    busy = {(WORK, pk) for pk in busy_works or ()} | {(VISIT, pk) for pk in busy_visits or ()}
     members: dict[int, dict[int, str]] = {pk: {} for pk in works}
     for pk, (status, _, work_id) in visits.items():
         if work_id in members:
@@ -120,12 +129,14 @@ def _lock_units(flips: Sequence[Flip]) -> _Now:
     pairs = [(f.entity_kind, f.entity_id) for f in flips]
     latest = latest_events(pairs)
     undoing = [(f.entity_kind, f.entity_id) for f in flips if f.inverts_id is not None]
-    return _Now(works, visits, members, latest, latest_events(undoing, live=True))
+    return _Now(works, visits, members, latest, latest_events(undoing, live=True), busy)
 
 
 def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, object, object]]:
     """What of the unit member's expected state no longer holds: ``(what, expected, found)``."""
     found: list[tuple[str, object, object]] = []
+    if (f.entity_kind, f.entity_id) in now.busy:
+        return [("busy", "free", "held by a live request")]
     if row is None:
         return [("missing", f.entity_id, None)]
     if row[0] != f.from_status:
@@ -257,11 +268,15 @@ def project(
     head = lock_head()
     head_id, head_hash = head.event_id, head.event_hash
     now_at = db_now()
-    current = _lock_units(flips)
+    # The accrual locks first: the host's recompute holds its access's lock while it writes
+    # the access's works, so a request inside its recompute can only finish if the projection
+    # does not hold those rows yet; requests that have not reached their recompute wait at the
+    # lock until the projection commits.
     access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
     lock = host.access_lock()
     if lock is not None and access_ids:
         releases.append(lock(access_ids, conf.get("ACCESS_LOCK_WAIT")))
+    current = _lock_units(flips, skip_busy=skip_conflicts)
 
     result = Projection(recorded_at=now_at)
     conflicts = _conflicts(flips, current)

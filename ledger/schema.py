@@ -91,7 +91,8 @@ class Conflict(msgspec.Struct, kw_only=True):
     expected_status: str
     found_status: str | None
     # What differs: status, completed_work (a visit moved), visits (a work's visits changed),
-    # latest_event (another ledger event came since), or missing (the row is gone).
+    # latest_event (another ledger event came since), missing (the row is gone), or busy (a
+    # live request kept the row locked; only when skipping conflicts).
     what: str = "status"
     expected: str | None = None
     found: str | None = None

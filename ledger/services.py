@@ -14,7 +14,7 @@ from typing import TypeVar
 from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 
-from ledger import conf, entries, host, people
+from ledger import accruals, conf, entries, host, people
 from ledger.errors import LedgerError, NotFound, WrongState
 from ledger.models import (
     AccrualRecompute,
@@ -616,7 +616,8 @@ def recompute(
 
     Each access is recomputed by the host's ``update_payment_accrued_for_user`` with
     ``incremental=False`` (incremental mode skips works accrued before and since corrected)
-    and marked done in its own transaction, so an interruption loses nothing but time.
+    and marked done in the same transaction of its own, so an interruption loses nothing but
+    time; live traffic is waited out, never deadlocked with (:mod:`ledger.accruals`).
     """
     pending = AccrualRecompute.objects.filter(state=RecomputeState.pending)
     if batch_id is not None:
@@ -624,10 +625,15 @@ def recompute(
     rows = list(pending.order_by("access_id", "id").values_list("id", "access_id"))
     total = len(rows)
     for done, (row_id, access_id) in enumerate(rows, start=1):
-        after = host.recompute_access(access_id)  # None: the access is gone
-        AccrualRecompute.objects.filter(pk=row_id, state=RecomputeState.pending).update(
-            state=RecomputeState.done, accrual_after=after, done_at=Now()
-        )
+
+        def mark_done(after: int | None, row_id: int = row_id) -> None:
+            # None: the access is gone; in the recompute's own transaction, so a crash leaves
+            # either both or neither.
+            AccrualRecompute.objects.filter(pk=row_id, state=RecomputeState.pending).update(
+                state=RecomputeState.done, accrual_after=after, done_at=Now()
+            )
+
+        accruals.recompute_access(access_id, then=mark_done, progress=progress)
         if progress and (done % every == 0 or done == total):
             progress(f"recomputed {done}/{total} accesses")
     return total

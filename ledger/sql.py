@@ -89,13 +89,15 @@ def lock_rows_patiently(
     *,
     strength: str = "NO KEY UPDATE",
     deadline: float,
+    busy: list[int] | None = None,
 ) -> dict[int, tuple]:
     """Lock rows by id without ever waiting on a lock; return ``id -> columns``.
 
     Each round takes the free rows (``SKIP LOCKED``) and keeps them; rows held by live traffic
     are tried again a moment later, as their requests commit. The ledger never queues behind a
     request, so it can never be one side of a deadlock with one. Past ``deadline``
-    (``time.monotonic()``) it gives up with SQLSTATE 55P03 semantics: ``LockBusy`` — the
+    (``time.monotonic()``) the rows still held elsewhere are added to ``busy`` when a list is
+    given (the caller leaves them alone); otherwise it gives up with ``LockBusy`` — the
     caller's transaction rolls back, freeing what was taken. Ids with no row are left out.
     """
     import time
@@ -118,13 +120,16 @@ def lock_rows_patiently(
             if not left:
                 break
             cursor.execute(f"SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[])", [left])
-            busy = sorted(pk for (pk,) in cursor.fetchall())
-            if busy and time.monotonic() >= deadline:
+            held = sorted(pk for (pk,) in cursor.fetchall())
+            if held and time.monotonic() >= deadline:
+                if busy is not None:
+                    busy.extend(held)
+                    break
                 raise LockBusy(
-                    f"{len(busy)} {model._meta.verbose_name_plural} are held by live traffic "
-                    f"(first: {busy[0]})"
+                    f"{len(held)} {model._meta.verbose_name_plural} are held by live traffic "
+                    f"(first: {held[0]})"
                 )
-            missing = busy
+            missing = held
             if missing:
                 time.sleep(POLL)
     return found

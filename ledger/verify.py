@@ -50,7 +50,7 @@ import msgspec
 import pgtrigger
 from django.db import connection, transaction
 
-from ledger import chain, entries, host
+from ledger import accruals, chain, entries, host
 from ledger.errors import LedgerError
 from ledger.host import CompletedWork, UserVisit
 from ledger.models import (
@@ -974,9 +974,7 @@ def check_accruals(sample: int | None = DEFAULT_SAMPLE) -> Result:
         for access_id in access_ids:
             if access_id not in stored:
                 continue  # the access is gone
-            with transaction.atomic():
-                computed = host.recompute_access(access_id)
-                transaction.set_rollback(True)
+            computed = accruals.recompute_access(access_id, rollback=True)
             if computed != stored[access_id]:
                 problems.append(
                     Problem(

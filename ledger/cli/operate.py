@@ -310,6 +310,7 @@ def describe_conflict(c) -> str:
         "visits": "visits held",
         "latest_event": "latest ledger event",
         "missing": "row",
+        "busy": "row lock",
     }.get(c.what, c.what)
     found = c.found if c.found is not None else "none"
     text = f"{c.entity_kind} {c.entity_id}: {what} expected {c.expected}, found {found}"

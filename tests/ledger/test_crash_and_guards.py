@@ -17,14 +17,13 @@ from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _someone_waits_for(holder_pid: int) -> bool:
-    """True once another session is blocked by the holder's lock (the child's recompute)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-            [holder_pid],
-        )
-        return cursor.fetchone()[0] > 0
+def _committed_and_recomputing(batch: str) -> bool:
+    """True once the child's projection has committed and its recompute is under way (it
+    keeps retrying the access whose row the test holds)."""
+    return (
+        CorrectionBatch.objects.filter(pk=batch, state="applied").exists()
+        and AccrualRecompute.objects.filter(batch_id=batch, state="pending").exists()
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -46,15 +45,14 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     }
 
     # Another session holds the first access's row: the projection only reads it and commits,
-    # then the recompute blocks saving payment_accrued, where we kill it as a crash would.
+    # then the recompute cannot have the row (it retries, never blocks), where we kill it as a
+    # crash would.
     holder = connection.get_new_connection(connection.get_connection_params())
     holder.autocommit = False
     holding = holder.cursor()
     holding.execute(
         "SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR UPDATE", [first]
     )
-    holding.execute("SELECT pg_backend_pid()")
-    holder_pid = holding.fetchone()[0]
     env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
     child = subprocess.Popen(
         [
@@ -74,8 +72,8 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     )
     try:
         deadline = time.monotonic() + 60
-        while not _someone_waits_for(holder_pid):
-            assert child.poll() is None, "apply finished without blocking"
+        while not _committed_and_recomputing(batch):
+            assert child.poll() is None, "apply finished though the access row was held"
             assert time.monotonic() < deadline, "apply never reached the recompute"
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)

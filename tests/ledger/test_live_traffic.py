@@ -1,37 +1,38 @@
 """Live submissions keep arriving while a large correction is applied and undone.
 
-Six submitters run the host's form processor, each submission one transaction (the host runs
-under ``ATOMIC_REQUESTS``), against the very accesses and works the batch flips: half submit new
-entities (new works, the accrual lock), half repeat entities of planned works (the work's row,
-then the accrual lock). The processor takes rows before the accrual lock; the projector must
-never wait on what a submission holds. Every submission must succeed and none may meet a
-deadlock; afterwards events and state agree and no recompute is left pending.
+Six submitter processes (web workers) run the host's form processor, each submission one
+transaction (the host runs under ``ATOMIC_REQUESTS``), against the very accesses and works the
+batch flips: half submit new entities (new works; the accrual lock, then the works of the
+recompute), half repeat entities of planned works (the work's row, then the accrual lock). The
+projector never waits on what a submission holds. Every submission must succeed and none may
+meet a deadlock; afterwards events and state agree and no recompute is left pending.
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
-import random
-import threading
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from django.db import connection
 
-from commcare_connect.form_receiver.processor import process_deliver_unit
 from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
 from ledger.models import AccrualRecompute
-from ledger.retry import DEADLOCK, sqlstate
 
 ACCESSES = 40
 WORKS_PER_ACCESS = 135
 CAP = 10
 SUBMITTERS = 6
 T0 = datetime.datetime(2026, 2, 2, 8, 0, tzinfo=datetime.UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build(host):
@@ -73,63 +74,57 @@ def _build(host):
 
 
 class Submitters:
-    """Threads submitting forms until stopped; every failure is kept."""
+    """Submitter processes (web workers) running until stopped; their tallies are kept."""
 
-    def __init__(self, form, accesses) -> None:
-        self.form = form
-        self.accesses = accesses
-        self.stop = threading.Event()
-        self.failures: list[BaseException] = []
-        self.deadlocks = 0
-        self.submitted = 0
-        self._lock = threading.Lock()
-        self._n = itertools.count()
-        self._threads = [
-            threading.Thread(target=self._run, args=(seed,), daemon=True)
+    def __init__(self, form, accesses, folder) -> None:
+        self.stop_file = folder / f"stop-{uuid.uuid4().hex}"
+        env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
+        ids = [str(a.pk) for a in accesses]
+        self._processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.ledger.live_submitter",
+                    str(self.stop_file),
+                    str(seed),
+                    *ids,
+                    "--form",
+                    str(form.pk),
+                    "--cap",
+                    str(CAP),
+                    "--works",
+                    str(WORKS_PER_ACCESS),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
             for seed in range(SUBMITTERS)
         ]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        try:
-            while not self.stop.is_set():
-                access = rng.choice(self.accesses)
-                if rng.random() < 0.5:
-                    entity = f"live-{access.pk}-{next(self._n)}"
-                else:  # a repeat visit to a work past the cap, one the batch flips
-                    entity = f"e-{access.pk}-{rng.randrange(CAP, WORKS_PER_ACCESS)}"
-                try:
-                    process_deliver_unit(
-                        access, self.form, xform_id=str(uuid.uuid4()), entity_id=entity,
-                        visit_date=datetime.datetime.now(datetime.UTC),
-                    )  # fmt: skip
-                except Exception as error:  # noqa: BLE001 - every failure is a finding
-                    with self._lock:
-                        self.failures.append(error)
-                        if sqlstate(error) == DEADLOCK:
-                            self.deadlocks += 1
-                else:
-                    with self._lock:
-                        self.submitted += 1
-        finally:
-            connection.close()
+        self.submitted = self.failed = self.deadlocks = 0
+        self.messages: list[str] = []
 
     def __enter__(self) -> Submitters:
-        for thread in self._threads:
-            thread.start()
-        time.sleep(0.3)  # traffic is flowing before the ledger starts
+        time.sleep(3)  # the workers start up and traffic is flowing before the ledger starts
         return self
 
     def __exit__(self, *exc) -> None:
-        time.sleep(0.3)
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
+        time.sleep(0.5)
+        self.stop_file.touch()
+        for process in self._processes:
+            out, _ = process.communicate(timeout=120)
+            tally = json.loads(out.strip().splitlines()[-1])
+            self.submitted += tally["submitted"]
+            self.failed += tally["failed"]
+            self.deadlocks += tally["deadlocks"]
+            self.messages += tally["messages"]
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("attempt", [1, 2, 3])
-def test_live_submissions_never_fail_during_apply_and_undo(host, run, attempt):
+def test_live_submissions_never_fail_during_apply_and_undo(host, run, attempt, tmp_path):
     opp, form, accesses = _build(host)
     plan = run(
         "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "live", "--json"
@@ -138,28 +133,28 @@ def test_live_submissions_never_fail_during_apply_and_undo(host, run, attempt):
     flips = plan.json["totals"]["works"] + plan.json["totals"]["visits"]
     assert flips >= 10_000
 
-    with Submitters(form, accesses) as traffic:
+    with Submitters(form, accesses, tmp_path) as traffic:
         applied = run("apply", "--batch", plan.json["batch"], "--skip-conflicts", "--json")
     assert applied.code == 0, applied.err
-    assert traffic.failures == [], traffic.failures[:3]
-    assert traffic.deadlocks == 0
+    assert (traffic.failed, traffic.deadlocks) == (0, 0), traffic.messages
     assert traffic.submitted > 0
+    during_apply = traffic.submitted
     assert applied.json["events"] > 0
     testing.assert_events_match_state()
 
-    with Submitters(form, accesses) as traffic:
+    with Submitters(form, accesses, tmp_path) as traffic:
         undone = run(
             "undo", "--batch", plan.json["batch"], "--reason", "live undo", "--skip-conflicts",
             "--json",
         )  # fmt: skip
     assert undone.code == 0, undone.err
-    assert traffic.failures == [], traffic.failures[:3]
-    assert traffic.deadlocks == 0
+    assert (traffic.failed, traffic.deadlocks) == (0, 0), traffic.messages
     assert traffic.submitted > 0
     testing.assert_events_match_state()
 
     assert not AccrualRecompute.objects.filter(state="pending").exists()
     print(
-        f"\nlive traffic run {attempt}: {flips} planned flips, applied {applied.json['events']} "
-        f"events, undid {undone.json['events']}; submissions ok during apply+undo"
+        f"\nlive traffic run {attempt}: {flips} planned flips; applied {applied.json['events']} "
+        f"events with {during_apply} submissions alongside, undid {undone.json['events']} with "
+        f"{traffic.submitted}; 0 failed, 0 deadlocks"
     )
