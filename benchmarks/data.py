@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from django.db import connection, transaction
 
 from ledger import chain
-from ledger.models import BatchState, CorrectionBatch, CorrectionEvent, Planner
+from ledger.models import BatchState, CorrectionBatch, CorrectionEvent, PlannedChange, Planner
 from ledger.planners.rows import PlannedRow, plan_digest
+from ledger.sql import insert_rows
 
 HISTORY_REASON = "Synthetic history for the benchmarks"
 HISTORY_OPERATOR = "benchmarks"
@@ -226,7 +227,9 @@ def _raw(cursor):
     return raw
 
 
-_COLUMNS = ("id",) + chain.CONTENT_FIELDS + ("prev_hash", "hash")
+# The synthetic history is written in the first hash format, as a ledger that has been in use
+# since before format 2 would hold it (format 1 is the column's default).
+_COLUMNS = ("id",) + chain.CONTENT_FIELDS_V1 + ("prev_hash", "hash")
 
 
 def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_BATCH) -> dict:
@@ -251,12 +254,23 @@ def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_B
             for k, e, w, o, a, x, s, _ in group
         )
         with transaction.atomic():
+            # Planned, its changes stored, then applied and undone — the path a real batch takes.
             original = CorrectionBatch.objects.create(
-                id=uuid.uuid4(), planner=Planner.visit_list, state=BatchState.undone,
-                reason=HISTORY_REASON, planned_by=HISTORY_OPERATOR, applied_by=HISTORY_OPERATOR,
-                plan_digest=digest, scope={"synthetic": True}, applied_at=applied_at,
-                undone_at=undone_at,
+                id=uuid.uuid4(), planner=Planner.visit_list, reason=HISTORY_REASON,
+                planned_by=HISTORY_OPERATOR, plan_digest=digest, scope={"synthetic": True},
             )  # fmt: skip
+            insert_rows(
+                PlannedChange,
+                ("batch_id", *PlannedRow._fields),
+                ((original.pk, k, e, w, o, a, x, st, "over_limit", "", False, None, None)
+                 for k, e, w, o, a, x, st, _ in group),
+            )  # fmt: skip
+            CorrectionBatch.objects.filter(pk=original.pk).update(
+                state=BatchState.applied, applied_by=HISTORY_OPERATOR, applied_at=applied_at
+            )
+            CorrectionBatch.objects.filter(pk=original.pk).update(
+                state=BatchState.undone, undone_at=undone_at
+            )
             undo = CorrectionBatch.objects.create(
                 id=uuid.uuid4(), planner=Planner.undo, state=BatchState.applied,
                 reason=HISTORY_REASON, planned_by=HISTORY_OPERATOR, applied_by=HISTORY_OPERATOR,
@@ -321,6 +335,12 @@ def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_B
         table = CorrectionEvent._meta.db_table
         cursor.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+        )
+        # The chain head moves to the history's last event, as the projector would move it.
+        cursor.execute(
+            f"""UPDATE ledger_ledgerhead SET event_id = %s, event_hash = %s,
+                    events = (SELECT count(*) FROM {table}) WHERE id = 1""",
+            [next_id - 1, prev],
         )
         cursor.execute(f"ANALYZE {table}")
         cursor.execute("ANALYZE ledger_accrualrecompute")
