@@ -67,6 +67,7 @@ $(VENV2)/.installed: $(REQUIREMENTS)
 test-psycopg2: $(VENV2)/.installed
 	$(VENV2)/bin/python -c "import importlib.util as u; assert not u.find_spec('psycopg'), 'psycopg 3 present'"
 	$(VENV2)/bin/python -m pytest tests/ledger tests/audit $(PYTEST_ARGS)
+	$(VENV2)/bin/python -m pytest --pyargs ledger.contract $(PYTEST_ARGS)
 
 # The distribution: a wheel of the ledger alone, checked for what it must and must not hold.
 wheel: $(STAMP)

@@ -122,6 +122,7 @@ class Submitters:
             self.messages += tally["messages"]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_live_submissions_never_fail_during_apply_and_undo(host, run, attempt, tmp_path):
