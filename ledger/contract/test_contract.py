@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from ledger import host, testing
 from ledger.models import CorrectionBatch
@@ -159,7 +160,7 @@ def test_exclusions_are_reported_and_left_alone(world, corrections, apply, tmp_p
     rejected = world.work(access, unit, visit_status="rejected")
     flipped = world.work(access, unit)
     world.settle(access)
-    host.CompletedWork.objects.filter(pk=paid.pk).update(payment_date=host.today())
+    host.CompletedWork.objects.filter(pk=paid.pk).update(payment_date=timezone.now())
     exclude = tmp_path / "overrides.txt"
     exclude.write_text(f"{overridden.pk}\n")
 
