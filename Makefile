@@ -90,3 +90,10 @@ test-wheel: wheel
 		--rootdir=. -o addopts="" $(PYTEST_ARGS)
 	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \
 		assert 'site-packages' in ledger.__file__, ledger.__file__; print('contract ran from', ledger.__file__)"
+
+# The ledger inside the real CommCare Connect (HOST: its checkout, at 8f79228b): the contract
+# suite, then the host's own full suite with the ledger installed. See host_test/README.md.
+HOST ?= /work/host
+host-test:
+	HOST=$(HOST) host_test/run.sh contract
+	HOST=$(HOST) host_test/run.sh host-suite
