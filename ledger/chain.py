@@ -25,6 +25,7 @@ canonical text.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -98,20 +99,33 @@ def event_hash(prev_hash: str, event: Mapping[str, Any], hash_format: int | None
     return hashlib.sha256(_ENCODERS[fmt](prev_hash, texts)).hexdigest()
 
 
-_TIME_POSITIONS = frozenset(i for i, name in enumerate(CONTENT_FIELDS) if name in TIME_FIELDS)
+_IS_TIME = tuple(name in TIME_FIELDS for name in CONTENT_FIELDS)
+_V2_TAG_BYTES = V2_TAG.encode()
+_US = datetime.timedelta(microseconds=1)
+
+
+@functools.lru_cache(maxsize=65536)
+def _micros_bytes(value: datetime.datetime) -> bytes:
+    # A projection stamps every event with the same few times: computed once each.
+    return str((value - EPOCH) // _US).encode()
 
 
 def hash_values(prev_hash: str, values: tuple) -> str:
-    """Format-2 hash of values already in :data:`CONTENT_FIELDS` order (the projector's path)."""
-    texts: list[str | None] = []
-    for i, value in enumerate(values):
-        if value is None:
-            texts.append(None)
-        elif i in _TIME_POSITIONS:
-            texts.append(str(micros(value)))
-        else:
-            texts.append(str(value))
-    return hashlib.sha256(_v2_bytes(prev_hash, texts)).hexdigest()
+    """Format-2 hash of values already in :data:`CONTENT_FIELDS` order (the projector's path).
+
+    The same bytes as :func:`event_hash` with format 2, built directly: it runs once per event
+    of every projection.
+    """
+    out = [_V2_TAG_BYTES]
+    prev = prev_hash.encode()
+    out.append(b"%d:%s" % (len(prev), prev) if prev else b"-")
+    for is_time, value in zip(_IS_TIME, values, strict=True):
+        if value is None or value == "":
+            out.append(b"-")
+            continue
+        text = _micros_bytes(value) if is_time else str(value).encode()
+        out.append(b"%d:%s" % (len(text), text))
+    return hashlib.sha256(b"".join(out)).hexdigest()
 
 
 def _sql_text(name: str, alias: str) -> str:
