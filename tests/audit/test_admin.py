@@ -1,5 +1,6 @@
 """The ledger's admin: pages render, every write is refused, every offered lookup reads an index
-and any other lookup is refused, and static files are served without DEBUG."""
+and any other lookup is refused, static files are served without DEBUG, and the host's visit
+and completed-work admins link to their corrections."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from commcare_connect.users.models import User
 from ledger import admin as ledger_admin
 from ledger.admin import base as admin_base
 from ledger.admin.lookups import LedgerFilter
+from ledger.admin_links import CorrectionsLinkMixin, corrections_url
 from ledger.models import (
     AccrualRecompute,
     BatchEntry,
@@ -417,6 +420,8 @@ def test_a_view_only_auditor_sees_every_page(undone, auditor_client):
     page = _page(c, _url(CorrectionBatch, "change", undone.batch))
     assert "Totals by currency" in page and 'name="_save"' not in page
     assert "Every event of this" in _page(c, _url(CorrectionEvent, "change", event.pk))
+    # The host's rows are not the auditor's to see.
+    assert c.get(reverse("admin:opportunity_uservisit_changelist")).status_code == 403
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,3 +448,62 @@ def test_the_ledger_app_does_not_need_whitenoise():
 
     for path in pathlib.Path(ledger.__file__).parent.rglob("*.py"):
         assert "whitenoise" not in path.read_text(), path
+
+
+# --------------------------------------------------------------------------------------------
+# The host's admins link to the ledger
+# --------------------------------------------------------------------------------------------
+
+
+def test_host_admins_link_rows_to_their_corrections(undone, superuser_client):
+    c = superuser_client
+    visit_event = CorrectionEvent.objects.filter(batch_id=undone.batch, entity_kind="visit")[0]
+    work_event = CorrectionEvent.objects.filter(
+        batch_id=undone.batch, entity_kind="completed_work"
+    )[0]
+    visit_link = corrections_url(UserVisit, visit_event.entity_id)
+    work_link = corrections_url(CompletedWork, work_event.entity_id)
+    assert visit_link.endswith(f"?visit_id={visit_event.entity_id}")
+    assert work_link.endswith(f"?completed_work_id={work_event.entity_id}")
+
+    visits = _page(c, reverse("admin:opportunity_uservisit_changelist"))
+    assert f'href="{visit_link}"' in visits
+    works = _page(c, reverse("admin:opportunity_completedwork_changelist"))
+    assert f'href="{work_link}"' in works
+
+    page = _page(c, reverse("admin:opportunity_uservisit_change", args=[visit_event.entity_id]))
+    assert "2 events</a> in the corrections ledger" in page  # the flip and its undo
+    work_events = CorrectionEvent.objects.filter(completed_work_id=work_event.entity_id).count()
+    page = _page(c, reverse("admin:opportunity_completedwork_change", args=[work_event.entity_id]))
+    assert f"{work_events} events of this work and its visits</a>" in page
+
+    # The link leads to exactly those events.
+    listed = c.get(work_link).context["cl"].result_list
+    assert len(listed) == work_events
+
+
+def test_host_admin_links_need_the_ledger_permission(undone, db):
+    staff = User.objects.create_user(username="pm", password="x", is_staff=True)
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_uservisit", content_type__app_label="opportunity")
+    )
+    client = Client()
+    client.force_login(staff)
+    visits = _page(client, reverse("admin:opportunity_uservisit_changelist"))
+    assert "ledger-corrections" not in visits and "visit_id=" not in visits
+
+
+def test_the_mixin_works_with_fieldsets(undone, root):
+    class WithFieldsets(CorrectionsLinkMixin, django_admin.ModelAdmin):
+        fieldsets = ((None, {"fields": ("status",)}),)
+
+    model_admin = WithFieldsets(UserVisit, django_admin.site)
+    request = RequestFactory().get("/")
+    request.user = root
+    visit = UserVisit.objects.first()
+    fieldsets = model_admin.get_fieldsets(request, visit)
+    assert fieldsets[-1] == ("Corrections ledger", {"fields": ("ledger_corrections_record",)})
+    assert model_admin.get_fieldsets(request, None) == WithFieldsets.fieldsets
+    assert "ledger_corrections" in model_admin.get_list_display(request)
+    with pytest.raises(TypeError):
+        corrections_url(CorrectionBatch, 1)
