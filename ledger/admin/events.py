@@ -72,8 +72,7 @@ class CorrectionEventAdmin(ReadOnlyAdmin):
         "operator",
         "reason_column",
         "lineage",
-        "opportunity",
-        "access",
+        "where",
     )
     list_display_links = ("id",)
     list_filter = (
@@ -113,9 +112,7 @@ class CorrectionEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="batch")
     def batch_column(self, obj):
-        return format_html(
-            '{} <span class="quiet">{}</span>', batch_link(obj.batch_id), obj.batch.planner
-        )
+        return batch_link(obj.batch_id)
 
     @admin.display(description="entity")
     def entity(self, obj):
@@ -138,21 +135,19 @@ class CorrectionEventAdmin(ReadOnlyAdmin):
         skipped = getattr(obj, "batch_has_undo", False) and obj.batch.reverts_id is None
         return lineage_note(obj, batch_undone=skipped) or DASH
 
-    @admin.display(description="opp.")
-    def opportunity(self, obj):
-        return format_html(
+    @admin.display(description="opp. · access")
+    def where(self, obj):
+        opportunity = format_html(
             '<a href="{}" title="events of opportunity {}">{}</a>',
             events_url(opportunity_id=obj.opportunity_id),
             obj.opportunity_id,
             obj.opportunity_id,
         )
-
-    @admin.display(description="access")
-    def access(self, obj):
         if obj.access_id is None:
-            return DASH
+            return opportunity
         return format_html(
-            '<a href="{}" title="events of access {}">{}</a>',
+            '{} · <a href="{}" title="events of access {}">{}</a>',
+            opportunity,
             events_url(access_id=obj.access_id),
             obj.access_id,
             obj.access_id,

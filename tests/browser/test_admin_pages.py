@@ -35,8 +35,29 @@ class Scene:
     skipped_visit: int
 
 
+def _ids_at_production_scale() -> None:
+    """Start ids where a production ledger has them, so the pages are judged with wide ids."""
+    from django.db import connection
+
+    tables = {
+        CorrectionEvent._meta.db_table: 4_200_000,
+        UserVisit._meta.db_table: 9_800_000,
+        CompletedWork._meta.db_table: 3_100_000,
+        "opportunity_opportunityaccess": 480_000,
+    }
+    with connection.cursor() as cursor:
+        for table, start in tables.items():
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+                "GREATEST(%s, (SELECT last_value FROM pg_sequences WHERE sequencename = "
+                "split_part(pg_get_serial_sequence(%s, 'id'), '.', 2))))",
+                [table, start, table],
+            )
+
+
 @pytest.fixture
 def scene(browser) -> Scene:
+    _ids_at_production_scale()
     incident = build_incident()
     people = ensure_people()
     for user in people.values():
