@@ -100,6 +100,14 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "/static/"
+# Static files (the admin's styles, the ledger's) are served by WhiteNoise straight from the apps'
+# static folders, so the standalone project has them without DEBUG and without collectstatic. The
+# ledger itself does not need WhiteNoise: a host serves static files its own way.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+)
+WHITENOISE_USE_FINDERS = True
 
 # The host's duplicate-flag bug (see docs/host-fidelity.md): off unless a seed reproduces it.
 CCC_REPRODUCE_DUPLICATE_FLAG_BUG = False
