@@ -103,7 +103,11 @@ class CorrectionBatch(models.Model):
             ("approve_correction", "Can approve a correction someone else planned"),
             ("apply_correction", "Can apply and undo corrections"),
         ]
-        indexes = [models.Index(fields=["state", "created_at"])]
+        indexes = [
+            models.Index(fields=["state", "created_at"]),
+            models.Index(fields=["planner", "created_at"], name="ledger_batch_planner"),
+            models.Index(fields=["ticket"], name="ledger_batch_ticket"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(reason__regex=r"\S"), name="ledger_batch_reason_not_blank"
