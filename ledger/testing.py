@@ -65,14 +65,35 @@ class CommandResult:
 
 
 def run_corrections(*args: str) -> CommandResult:
-    """Run ``./manage.py corrections …`` in-process; capture its output and exit code."""
+    """Run ``./manage.py corrections …`` in-process; capture its output and exit code.
+
+    Failures come out as they would on the command line: the ``CommandError``'s one line
+    (``corrections: …``) on stderr, its ``returncode`` as the code and, for a usage error
+    with ``--json``, the JSON error object on stdout.
+    """
+    from django.core.management.base import CommandError
+
     out, err = io.StringIO(), io.StringIO()
     try:
         call_command("corrections", *args, stdout=out, stderr=err)
         code = 0
-    except SystemExit as exit_:
+    except CommandError as error:
+        from ledger.cli.failure import UsageError, as_corrections_error
+
+        failure = as_corrections_error(error)
+        if isinstance(failure, UsageError) and "--json" in args:
+            out.write(json.dumps(msgspec_builtins(failure.report())) + "\n")
+        err.write(f"corrections: {failure}\n")
+        code = failure.returncode
+    except SystemExit as exit_:  # --help, --version
         code = int(exit_.code or 0)
     return CommandResult(code, out.getvalue(), err.getvalue())
+
+
+def msgspec_builtins(value):
+    import msgspec
+
+    return msgspec.to_builtins(value)
 
 
 @contextlib.contextmanager
