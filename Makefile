@@ -84,7 +84,7 @@ test-wheel: wheel
 	$(VENV3)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV3)/bin/python -m pip install --quiet -r requirements/dev.txt dist/*.whl
 	mkdir -p build/wheel-path && ln -s $(CURDIR)/commcare_connect build/wheel-path/commcare_connect
-	cd build && PYTHONPATH=$(CURDIR)/build/wheel-path DJANGO_SETTINGS_MODULE=commcare_connect.settings \
+	cd build && PYTHONPATH=$(CURDIR)/build/wheel-path DJANGO_SETTINGS_MODULE=commcare_connect.settings_test \
 		../$(VENV3)/bin/python -m pytest -p no:cacheprovider --pyargs ledger.contract \
 		--rootdir=. -o addopts="" $(PYTEST_ARGS)
 	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \

@@ -13,10 +13,12 @@ With pytest, the ``corrections_ledger`` fixture (registered automatically throug
 ``pytest11`` entry point) returns this module.
 
 Transactional tests (``TransactionTestCase``, ``django_db(transaction=True)``) flush the test
-database with TRUNCATE, which the ledger's tables refuse. The ledger ships a ``flush`` command
-that lifts only the TRUNCATE guards, and only for test databases (names starting with
-``test_``, or listed in ``settings.LEDGER_FLUSHABLE_DATABASES``), so those suites work
-unchanged. :func:`allow_flush` does the same for code that truncates by hand.
+database with TRUNCATE, which the ledger's tables refuse. Adding ``ledger.flushable`` to
+``INSTALLED_APPS`` in the *test* settings installs a ``flush`` that lifts only the TRUNCATE
+guards, and only for test databases (names starting with ``test_``, or listed in
+``settings.LEDGER_FLUSHABLE_DATABASES``), so those suites work unchanged; projects that do not
+add it keep Django's own ``flush``. :func:`allow_flush` does the same for code that truncates
+by hand.
 """
 
 from __future__ import annotations

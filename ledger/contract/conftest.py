@@ -147,6 +147,33 @@ class World:
             access.refresh_from_db()
 
 
+OPERATOR = "contract"
+
+
+@pytest.fixture(autouse=True)
+def _contract_operator(request, settings):
+    """The suite's tests are transactional (the test settings must install ledger.flushable)
+    and act as one superuser, ``contract``, applying without a second reviewer."""
+    from django.apps import apps
+
+    if not apps.is_installed("ledger.flushable"):
+        pytest.fail(
+            "the contract suite flushes the test database after each test: add "
+            "'ledger.flushable' to INSTALLED_APPS in the test settings (docs/api.md)",
+            pytrace=False,
+        )
+    request.getfixturevalue("transactional_db")
+    from django.contrib.auth import get_user_model
+
+    settings.LEDGER_DEFAULT_OPERATOR = OPERATOR
+    settings.LEDGER_REQUIRE_APPROVAL = False
+    User = get_user_model()
+    if not User._default_manager.filter(**{User.USERNAME_FIELD: OPERATOR}).exists():
+        User._default_manager.create_superuser(
+            **{User.USERNAME_FIELD: OPERATOR}, email="contract@example.org", password=None
+        )
+
+
 @pytest.fixture
 def world(transactional_db) -> World:
     return World()
