@@ -232,7 +232,8 @@ def handle_history(options: dict, out: Output) -> None:
             head = {"selector": selector, "as_of": msgspec.to_builtins(as_of), "events": None}
             stream_json_object(out, head, "statuses", statuses)
             return
-        out.line(f"Status of each entity as of {as_of.isoformat()} ({kind} {value}), from events:")
+        shown = out.short(value) if kind == "batch" else value
+        out.line(f"Status as of {as_of.isoformat()} of {kind.replace('_', ' ')} {shown}:")
         n = out.table(
             ["entity", "id", "status", "from", "event", "recorded at"],
             (
@@ -257,19 +258,25 @@ def handle_history(options: dict, out: Output) -> None:
             out, {"selector": selector, "as_of": None, "statuses": None}, "events", events
         )
         return
-    operators = ["planned by", "applied by"] if out.wide else ["by"]
-    n = out.table(
-        ["event", "recorded at", "batch", "planner", *operators, "entity", "id", "from → to",
-         "reason", "undo lineage"],
-        (
-            (e.id, _stamp(e.recorded_at, out), out.short(e.batch), e.planner,
-             *([e.planned_by, e.applied_by] if out.wide else [e.applied_by or e.planned_by]),
-             e.entity_kind if out.wide else e.entity_kind.replace("completed_work", "work"),
+    if out.wide:
+        headers = ["event", "recorded at", "batch", "planner", "planned by", "applied by",
+                   "entity", "id", "from → to", "reason", "undo lineage"]  # fmt: skip
+        rows = (
+            (e.id, _when(e.recorded_at), e.batch, e.planner, e.planned_by, e.applied_by,
+             e.entity_kind, e.entity_id, f"{e.from_status} → {e.to_status}", e.reason,
+             _lineage(e, out.short))
+            for e in events
+        )  # fmt: skip
+    else:  # the planner is the batch's (batches, show); to the minute; who applied it
+        headers = ["event", "recorded at", "batch", "by", "kind", "id", "from → to", "reason",
+                   "lineage"]  # fmt: skip
+        rows = (
+            (e.id, _stamp(e.recorded_at, out)[:16], out.short(e.batch),
+             e.applied_by or e.planned_by, e.entity_kind.replace("completed_work", "work"),
              e.entity_id, f"{e.from_status} → {e.to_status}", e.reason, _lineage(e, out.short))
             for e in events
-        ),
-        shrink=["reason", "undo lineage", "by"],
-    )  # fmt: skip
+        )  # fmt: skip
+    n = out.table(headers, rows, shrink=["reason", "lineage", "undo lineage", "by"])
     if not n:
         out.line(f"(no corrections recorded for {kind.replace('_', ' ')} {value})")
 
@@ -309,13 +316,14 @@ def handle_batches(options: dict, out: Output) -> None:
             for b in listing.batches
         ]  # fmt: skip
     else:
-        headers = ["batch", "planner", "state", "created", "by", "events", "works", "recomp",
-                   "skipped", "ticket", "reason", "lineage"]  # fmt: skip
+        # Lineage, visits, works and skipped conflicts: show --batch, or --wide.
+        headers = ["batch", "planner", "state", "created", "by", "events", "recomp", "ticket",
+                   "reason"]  # fmt: skip
         rows = [
             (out.short(b.id), b.planner, b.state, _stamp(b.created_at, out)[:16],
-             b.applied_by or b.planned_by, b.events, b.works,
-             f"{b.recomputes_done}/{b.recomputes_done + b.recomputes_pending}",
-             b.skipped_conflicts or "", b.ticket, b.reason, _lineage_text(b, out.short))
+             b.applied_by or b.planned_by, b.events,
+             f"{b.recomputes_done}/{b.recomputes_done + b.recomputes_pending}", b.ticket,
+             b.reason)
             for b in listing.batches
         ]  # fmt: skip
     out.table(headers, rows, shrink=["reason", "ticket", "lineage", "by"])

@@ -27,7 +27,7 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 
 TABLE_WIDTH = 100
 SHORT_ID = 8
-MIN_SHRUNK = 8
+MIN_SHRUNK = 6
 PROGRESS_DELAY = 2.0
 PROGRESS_EVERY = 5.0
 _TICK = 0.25
