@@ -200,12 +200,20 @@ def _selection(options: dict) -> tuple[str, str]:
     )
 
 
-def _lineage(e: selectors.HistoryEvent, short) -> str:
+def _lineage(e: selectors.HistoryEvent, short, wide: bool = True) -> str:
+    """The undo lineage of an event; without --wide, by event ids only (the batches are one
+    ``history --batch`` away)."""
     parts = []
     if e.inverts is not None:
-        parts.append(f"inverts #{e.inverts} (batch {short(e.batch_reverts)})")
+        parts.append(
+            f"inverts #{e.inverts} (batch {short(e.batch_reverts)})" if wide else
+            f"inverts #{e.inverts}"
+        )  # fmt: skip
     if e.inverted_by is not None:
-        parts.append(f"undone by #{e.inverted_by} in batch {short(e.inverted_in_batch)}")
+        parts.append(
+            f"undone by #{e.inverted_by} in batch {short(e.inverted_in_batch)}" if wide else
+            f"undone by #{e.inverted_by}"
+        )  # fmt: skip
     elif e.batch_reverted_by is not None:
         parts.append(f"batch reverted by {short(e.batch_reverted_by)} (this entity skipped)")
     return "; ".join(parts)
@@ -273,7 +281,8 @@ def handle_history(options: dict, out: Output) -> None:
         rows = (
             (e.id, _stamp(e.recorded_at, out)[:16], out.short(e.batch),
              e.applied_by or e.planned_by, e.entity_kind.replace("completed_work", "work"),
-             e.entity_id, f"{e.from_status} → {e.to_status}", e.reason, _lineage(e, out.short))
+             e.entity_id, f"{e.from_status} → {e.to_status}", e.reason,
+             _lineage(e, out.short, wide=False))
             for e in events
         )  # fmt: skip
     n = out.table(headers, rows, shrink=["reason", "lineage", "undo lineage", "by"])
