@@ -21,11 +21,13 @@ $(STAMP): $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# The demo signs anchors with a throwaway key made for each run (never stored) and keeps them
-# in .anchors/, outside the database.
+# The demo runs on a database of its own (DEMO_DATABASE, default ledger_demo), made and migrated
+# when missing, and can be run again. It signs anchors with a throwaway key made for each run
+# (never stored) and keeps them in .anchors/, outside the database.
+DEMO_DATABASE ?= ledger_demo
 demo: $(STAMP)
-	$(PY) manage.py migrate --verbosity 0
-	mkdir -p .anchors
+	@mkdir -p .anchors
+	@DATABASE_NAME=$(DEMO_DATABASE) \
 	LEDGER_ANCHOR_KEY=$${LEDGER_ANCHOR_KEY:-$$($(PY) -c "import secrets; print(secrets.token_hex(32))")} \
 	LEDGER_ANCHOR_LOG=$${LEDGER_ANCHOR_LOG:-.anchors/demo-$$(date +%Y%m%dT%H%M%S).jsonl} \
 	$(PY) manage.py incident_demo
@@ -85,7 +87,7 @@ test-wheel: wheel
 	$(VENV3)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV3)/bin/python -m pip install --quiet -r requirements/dev.txt dist/*.whl
 	mkdir -p build/wheel-path && ln -s $(CURDIR)/commcare_connect build/wheel-path/commcare_connect
-	cd build && PYTHONPATH=$(CURDIR)/build/wheel-path DJANGO_SETTINGS_MODULE=commcare_connect.settings \
+	cd build && PYTHONPATH=$(CURDIR)/build/wheel-path DJANGO_SETTINGS_MODULE=commcare_connect.settings_test \
 		../$(VENV3)/bin/python -m pytest -p no:cacheprovider --pyargs ledger.contract \
 		--rootdir=. -o addopts="" $(PYTEST_ARGS)
 	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \

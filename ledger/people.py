@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 
 from ledger import conf
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, NotAllowed
 
 PLAN = "plan_correction"
 APPROVE = "approve_correction"
 APPLY = "apply_correction"
 
 
-class NotAllowed(LedgerError):
-    """The named user may not take this step."""
+__all__ = ["APPLY", "APPROVE", "PLAN", "Actor", "NotAllowed", "actor"]
 
 
 @dataclass(frozen=True)

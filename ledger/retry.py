@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from django.db import DatabaseError
 
-from ledger.errors import LedgerError, LockBusy
+from ledger.errors import Busy, LockBusy
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ def with_backoff(
                 raise
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LedgerError(
+                raise Busy(
                     f"gave up on {what} after {tries} attempts over {deadline_seconds:g} s: "
                     f"{describe(error)}; nothing was written, try again later"
                 ) from error

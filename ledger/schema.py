@@ -157,6 +157,35 @@ class ScanReport(msgspec.Struct, kw_only=True):
     opportunities: list[ScanOpportunity] = []
 
 
+class ApproveReport(msgspec.Struct, kw_only=True):
+    """``corrections approve --json``: the batch a reviewer approved."""
+
+    batch: str
+    state: str
+    approved_by: str
+
+
+class DiscardReport(msgspec.Struct, kw_only=True):
+    """``corrections discard --json``: the batch dropped without being applied."""
+
+    batch: str
+    state: str
+
+
+class ErrorReport(msgspec.Struct, kw_only=True):
+    """What a refused command prints on stdout with ``--json`` (its stderr has one line too).
+
+    ``error`` is the kind — ``usage``, ``bad_input``, ``wrong_state``, ``conflict``, ``busy``,
+    ``not_allowed`` — and ``exit_code`` the process's exit code for it (``docs/cli.md``).
+    """
+
+    error: str
+    exit_code: int
+    message: str
+    # For ``conflict``: each entity that no longer holds the status the batch expects.
+    conflicts: list[Conflict] = []
+
+
 class EventRecord(msgspec.Struct, kw_only=True):
     """One event as exported and as shown by ``history`` (chain hashes included)."""
 

@@ -13,10 +13,12 @@ With pytest, the ``corrections_ledger`` fixture (registered automatically throug
 ``pytest11`` entry point) returns this module.
 
 Transactional tests (``TransactionTestCase``, ``django_db(transaction=True)``) flush the test
-database with TRUNCATE, which the ledger's tables refuse. The ledger ships a ``flush`` command
-that lifts only the TRUNCATE guards, and only for test databases (names starting with
-``test_``, or listed in ``settings.LEDGER_FLUSHABLE_DATABASES``), so those suites work
-unchanged. :func:`allow_flush` does the same for code that truncates by hand.
+database with TRUNCATE, which the ledger's tables refuse. Adding ``ledger.flushable`` to
+``INSTALLED_APPS`` in the *test* settings installs a ``flush`` that lifts only the TRUNCATE
+guards, and only for test databases (names starting with ``test_``, or listed in
+``settings.LEDGER_FLUSHABLE_DATABASES``), so those suites work unchanged; projects that do not
+add it keep Django's own ``flush``. :func:`allow_flush` does the same for code that truncates
+by hand.
 """
 
 from __future__ import annotations
@@ -65,14 +67,35 @@ class CommandResult:
 
 
 def run_corrections(*args: str) -> CommandResult:
-    """Run ``./manage.py corrections …`` in-process; capture its output and exit code."""
+    """Run ``./manage.py corrections …`` in-process; capture its output and exit code.
+
+    Failures come out as they would on the command line: the ``CommandError``'s one line
+    (``corrections: …``) on stderr, its ``returncode`` as the code and, for a usage error
+    with ``--json``, the JSON error object on stdout.
+    """
+    from django.core.management.base import CommandError
+
     out, err = io.StringIO(), io.StringIO()
     try:
         call_command("corrections", *args, stdout=out, stderr=err)
         code = 0
-    except SystemExit as exit_:
+    except CommandError as error:
+        from ledger.cli.failure import UsageError, as_corrections_error
+
+        failure = as_corrections_error(error)
+        if isinstance(failure, UsageError) and "--json" in args:
+            out.write(json.dumps(msgspec_builtins(failure.report())) + "\n")
+        err.write(f"corrections: {failure}\n")
+        code = failure.returncode
+    except SystemExit as exit_:  # --help, --version
         code = int(exit_.code or 0)
     return CommandResult(code, out.getvalue(), err.getvalue())
+
+
+def msgspec_builtins(value):
+    import msgspec
+
+    return msgspec.to_builtins(value)
 
 
 @contextlib.contextmanager

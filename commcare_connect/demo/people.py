@@ -1,7 +1,10 @@
 """The people of the demo: an operator who plans and applies, a finance reviewer who approves,
-and an auditor who may only look. Created once; re-running the demo finds them."""
+an auditor who may only look, and an administrator. Created once; re-running the demo finds
+them. The auditor and the administrator get a fresh password each run, for the admin."""
 
 from __future__ import annotations
+
+import secrets
 
 from django.contrib.auth.models import Group, Permission
 
@@ -46,3 +49,22 @@ def ensure_people() -> dict[str, User]:
         user.groups.add(groups[group])
         people[username] = user
     return people
+
+
+def admin_logins() -> dict[str, str]:
+    """A superuser and the auditor (staff, view-only group) with new passwords: name -> password.
+
+    The passwords are made for this run and printed by the demo; the demo's database is the
+    demo's own, never a real one."""
+    ensure_people()
+    logins = {}
+    admin, _ = User.objects.get_or_create(username=ADMIN, defaults={"name": "Demo Admin"})
+    admin.is_staff = admin.is_superuser = True
+    auditor = User.objects.get(username=AUDITOR)
+    auditor.is_staff, auditor.is_superuser = True, False
+    for user in (admin, auditor):
+        password = secrets.token_urlsafe(9)
+        user.set_password(password)
+        user.save()
+        logins[user.username] = password
+    return logins

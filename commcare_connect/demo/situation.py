@@ -135,13 +135,13 @@ def over_cap_totals(rows: Iterable[CapRow]) -> dict[str, int]:
 def print_situation(rows: Iterable[CapRow], stdout: TextIO) -> None:
     """A fixed-width table, one line per claim limit, for the commands' output."""
     header = (
-        f"{'opportunity':<28} {'access':>8} {'worker':<28} {'susp':<4} {'cap':>4} "
+        f"{'opportunity':<20} {'access':>8} {'worker':<20} {'susp':<4} {'cap':>4} "
         f"{'works':>5} {'over':>4} {'over accrued':>12} {'accrued':>9}"
     )
     stdout.write(header + "\n")
     for row in rows:
         stdout.write(
-            f"{row.opportunity_name[:28]:<28} {row.access_id:>8} {row.username[:28]:<28} "
+            f"{row.opportunity_name[:20]:<20} {row.access_id:>8} {row.username[:20]:<20} "
             f"{'yes' if row.suspended else 'no':<4} {row.cap:>4} {row.works:>5} "
             f"{row.over_cap:>4} {row.over_cap_accrued:>12} {row.payment_accrued:>9}\n"
         )

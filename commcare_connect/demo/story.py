@@ -1,7 +1,10 @@
 """The incident demo as a sequence of steps, each printing what it did.
 
 Kept as plain functions on one ``stdout`` so later steps (the ledger's plan, apply and
-verification) can be appended to :func:`run` without touching the command.
+verification) can be appended to :func:`run` without touching the command. The demo runs on a
+database of its own (``make demo`` names it ``ledger_demo``), created and migrated when
+missing, and can be run again on it: each run seeds a new incident next to the earlier ones.
+Every line it prints fits :data:`WIDTH` columns; it ends with where to look in the admin.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from typing import TextIO
 
 from commcare_connect.demo.incident import IncidentData, build_incident
 from commcare_connect.demo.situation import over_cap_situation, over_cap_totals, print_situation
+
+WIDTH = 100
 
 
 def _heading(stdout: TextIO, title: str) -> None:
@@ -32,36 +37,104 @@ def show_over_cap(data: IncidentData, stdout: TextIO) -> dict[int, dict[str, int
         totals[opp.pk] = opp_totals
         stdout.write(
             f"{opp.name}: {opp_totals.get('works', 0)} works over the cap across "
-            f"{opp_totals.get('accesses', 0)} accesses; worker accrual "
-            f"{opp_totals.get('accrued', 0)} {opp.currency_code}, org accrual "
+            f"{opp_totals.get('accesses', 0)} accesses; accrued "
+            f"{opp_totals.get('accrued', 0)} {opp.currency_code}, org "
             f"{opp_totals.get('org_accrued', 0)} {opp.currency_code}\n"
         )
     return totals
 
 
+def prepare_database(stdout: TextIO) -> str:
+    """Create the configured database when it is missing, and migrate it; return its name."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cursor.fetchone() is None:
+            cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
+            stdout.write(f"Created the demo's database {name}.\n")
+    call_command("migrate", verbosity=0)
+    return name
+
+
 def run(stdout: TextIO) -> IncidentData:
+    database = prepare_database(stdout)
     data = seed(stdout)
     show_over_cap(data, stdout)
     correct(data, stdout)
+    look_in_the_admin(database, stdout)
     return data
 
 
-def _corrections(stdout: TextIO, *args: str) -> str:
-    """Run one ``corrections`` subcommand as an operator would, echoing it and its output."""
-    import io
+def look_in_the_admin(database: str, stdout: TextIO) -> None:
+    """Where a person sees it all: the read-only admin, as a superuser or as the auditor."""
     import shlex
 
-    from django.core.management import call_command
+    from commcare_connect.demo.people import ADMIN, AUDITOR, GROUPS, admin_logins
 
-    stdout.write(f"\n$ ./manage.py corrections {shlex.join(args)}\n")
+    logins = admin_logins()
+    group = next(
+        name for name, perms in GROUPS.items() if all(p.startswith("view_") for p in perms)
+    )
+    _heading(stdout, "10. Look for yourself: the ledger in the admin (read-only)")
+    stdout.write(
+        f"  DATABASE_NAME={shlex.quote(database)} ./manage.py runserver\n"
+        "  then open http://127.0.0.1:8000/admin/ledger/ and sign in as\n"
+        f"    {ADMIN:<8} password {logins[ADMIN]}  (superuser)\n"
+        f"    {AUDITOR:<8} password {logins[AUDITOR]}  (staff in {group!r}: view only)\n"
+        "  These passwords were made for this run; run the demo again for new ones.\n"
+    )
+
+
+def _shell(args: tuple[str, ...], prompt: str = "$ ./manage.py corrections ") -> str:
+    """The command as one would type it, continued with backslashes to fit the width."""
+    import shlex
+
+    words: list[str] = []
+    for arg in args:  # an option stays on the line of its value
+        if (
+            words
+            and words[-1].startswith("--")
+            and " " not in words[-1]
+            and not arg.startswith("--")
+        ):
+            words[-1] += " " + shlex.quote(arg)
+        else:
+            words.append(shlex.quote(arg))
+    lines, line = [], prompt.rstrip()
+    for word in words:
+        if len(line) + 1 + len(word) > WIDTH - 2 and line.strip() not in ("", "$"):
+            lines.append(line + " \\")
+            line = "    " + word
+        else:
+            line += " " + word
+    return "\n".join([*lines, line]) + "\n"
+
+
+def _corrections(stdout: TextIO, *args: str, clip: bool = False) -> str:
+    """Run one ``corrections`` subcommand as an operator would, echoing it and its output
+    (with ``clip``, each line cut to the width)."""
+    import io
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    stdout.write("\n" + _shell(args))
     out = io.StringIO()
     try:
         call_command("corrections", *args, stdout=out, stderr=out)
-    except SystemExit as exit_:
-        if exit_.code:
-            stdout.write(out.getvalue())
-            raise RuntimeError(f"corrections {args[0]} exited with {exit_.code}") from None
-    stdout.write(out.getvalue())
+    except CommandError as error:
+        stdout.write(out.getvalue())
+        raise RuntimeError(f"corrections {args[0]} failed ({error.returncode}): {error}") from None
+    text = out.getvalue()
+    if clip:
+        text = "".join(
+            (line[: WIDTH - 1] + "…" if len(line) > WIDTH else line) + "\n"
+            for line in text.splitlines()
+        )
+    stdout.write(text)
     return out.getvalue()
 
 
@@ -90,20 +163,28 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
 
     _heading(stdout, f"3. {OPERATOR} plans the correction: what flips, what it costs")
     plan = _corrections(
-        stdout, "plan", "over-cap", *scope, "--reason", "Over-cap incident: visits past the cap "
-        "were auto-approved while the duplicate flag was off", "--ticket", "CI-639",
+        stdout, "plan", "over-cap", *scope, "--reason",
+        "Over-cap incident: visits past a worker's cap were auto-approved", "--ticket", "CI-639",
         "--operator", OPERATOR,
     )  # fmt: skip
     batch = re.search(r"Planned batch ([0-9a-f-]{36})", plan).group(1)
     digest = re.search(r"Plan digest: ([0-9a-f]{64})", plan).group(1)
 
     _heading(stdout, f"4. {REVIEWER} (finance) reviews the priced plan and approves it")
+    _corrections(stdout, "show", "--batch", batch[:8])
     _corrections(
-        stdout, "approve", "--batch", batch, "--plan-digest", digest[:12], "--operator", REVIEWER
+        stdout,
+        "approve",
+        "--batch",
+        batch[:8],
+        "--plan-digest",
+        digest[:12],
+        "--operator",
+        REVIEWER,
     )
 
     _heading(stdout, f"5. {OPERATOR} applies it: events and flips in one transaction, recompute")
-    _corrections(stdout, "apply", "--batch", batch, "--operator", OPERATOR)
+    _corrections(stdout, "apply", "--batch", batch[:8], "--operator", OPERATOR)
     after_apply = _accruals(data)
 
     _heading(stdout, "6. History of one corrected visit")
@@ -117,12 +198,12 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
 
     _heading(stdout, "7. Verify the ledger against the live data and the external anchors")
     if not anchors:
-        _corrections(stdout, "anchor")
+        _corrections(stdout, "anchor", clip=True)  # one long signed line
     _corrections(stdout, "verify", *checked)
 
     _heading(stdout, "8. Undo the batch (a rehearsal of the way back)")
     _corrections(
-        stdout, "undo", "--batch", batch, "--reason", "Demo: rehearse the rollback",
+        stdout, "undo", "--batch", batch[:8], "--reason", "Demo: rehearse the rollback",
         "--operator", OPERATOR,
     )  # fmt: skip
     _corrections(stdout, "history", "--visit", str(visit.pk))

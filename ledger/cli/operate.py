@@ -1,255 +1,524 @@
-"""Operator subcommands: ``plan``, ``apply``, ``undo``, ``recompute``, ``discard``."""
+"""Operator subcommands: ``plan``, ``approve``, ``apply``, ``undo``, ``discard``,
+``recompute``, ``anchor``, ``privileges``, ``schema``.
+
+Each handler checks every option first (:mod:`ledger.cli.inputs`), then calls one service and
+prints its report: a table for people, one JSON object with ``--json``.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
+
 from ledger import services
-from ledger.cli.output import Output
+from ledger.cli import inputs
+from ledger.cli.failure import Findings
+from ledger.cli.output import Output, clip, printable
 from ledger.errors import LedgerError
 from ledger.files import read_ids, read_lines
-from ledger.schema import PlanReport, RunReport, ScanReport
+from ledger.planners.visit_list import WORK_STATUS_FOR
+from ledger.schema import AccessPlan, ApproveReport, DiscardReport, PlanReport, RunReport
+
+ZERO = Decimal(0)
+TARGET_STATUSES = tuple(WORK_STATUS_FOR)
 
 
 def add_parsers(subparsers) -> None:
-    plan = subparsers.add_parser("plan", help="Plan a correction (creates a reviewable batch).")
-    plans = plan.add_subparsers(dest="planner", required=True)
+    plan = subparsers.add_parser(
+        "plan",
+        help="Plan a correction: a priced, reviewable batch (nothing is flipped yet).",
+        description="Plan a correction. Each planner stores a batch with its priced plan; "
+        "a reviewer approves it, then apply flips the statuses.",
+    )
+    plans = plan.add_subparsers(dest="planner", required=True, metavar="PLANNER")
 
-    over_cap = plans.add_parser("over-cap", help="Completed works past a worker's cap.")
+    over_cap = plans.add_parser(
+        "over-cap",
+        help="Completed works past a worker's cap, with their visits, set over_limit.",
+        description="Plan the over-cap correction for named opportunities, or scan them all.",
+    )
     scope = over_cap.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--opportunity", action="append", metavar="UUID", dest="opportunities")
-    scope.add_argument("--all", action="store_true", help="Scan every opportunity; report only.")
-    over_cap.add_argument("--reason")
-    over_cap.add_argument("--ticket", default="")
-    over_cap.add_argument("--exclude", metavar="FILE", help="Completed work ids to leave alone.")
-    over_cap.add_argument("--include-paid", action="store_true")
-    over_cap.add_argument("--skip-suspended", action="store_true")
+    scope.add_argument(
+        "--opportunity",
+        action="append",
+        metavar="UUID",
+        dest="opportunities",
+        help="An opportunity to correct (its opportunity_id UUID); repeat for more.",
+    )
+    scope.add_argument(
+        "--all",
+        action="store_true",
+        help="Scan every opportunity and report where the rule applies; creates no batch.",
+    )
+    over_cap.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="Why the correction is made, kept on every event (required to plan; "
+        f"at most {inputs.MAX_REASON} characters).",
+    )
+    _ticket(over_cap)
+    over_cap.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="Completed work ids to leave alone (PM overrides), one per line; - reads stdin.",
+    )
+    over_cap.add_argument(
+        "--include-paid",
+        action="store_true",
+        help="Also flip works already paid (excluded by default; their exposure is reported).",
+    )
+    over_cap.add_argument(
+        "--skip-suspended",
+        action="store_true",
+        help="Leave suspended workers' accesses alone (included and flagged by default).",
+    )
     _common(over_cap)
     over_cap.set_defaults(handler=handle_plan_over_cap)
 
-    visits = plans.add_parser("visits", help="Listed visits and their completed works.")
+    visits = plans.add_parser(
+        "visits",
+        help="Listed visits (by xform id or visit id) and their completed works.",
+        description="Plan a targeted fix of listed visits; a list naming only some visits of "
+        "a completed work is refused unless --expand.",
+    )
     source = visits.add_mutually_exclusive_group(required=True)
-    source.add_argument("--xform-ids", metavar="FILE")
-    source.add_argument("--visit-ids", metavar="FILE")
-    visits.add_argument("--to", default="over_limit", dest="to_status", metavar="STATUS")
-    visits.add_argument("--expand", action="store_true", help="Include whole completed works.")
-    visits.add_argument("--reason")
-    visits.add_argument("--ticket", default="")
+    source.add_argument(
+        "--xform-ids", metavar="FILE", help="File of xform ids, one per line; - reads stdin."
+    )
+    source.add_argument(
+        "--visit-ids", metavar="FILE", help="File of visit ids, one per line; - reads stdin."
+    )
+    visits.add_argument(
+        "--to",
+        default="over_limit",
+        dest="to_status",
+        choices=TARGET_STATUSES,
+        help="The status the listed visits (and their works) take.",
+    )
+    visits.add_argument(
+        "--expand",
+        action="store_true",
+        help="Include every visit of a listed visit's completed work.",
+    )
+    visits.add_argument(
+        "--reason",
+        metavar="TEXT",
+        required=True,
+        help=f"Why the correction is made (at most {inputs.MAX_REASON} characters).",
+    )
+    _ticket(visits)
     _common(visits)
     visits.set_defaults(handler=handle_plan_visits)
 
-    apply = subparsers.add_parser("apply", help="Apply a planned batch.")
-    apply.add_argument("--batch", required=True)
-    apply.add_argument("--skip-conflicts", action="store_true")
-    _common(apply)
-    apply.set_defaults(handler=handle_apply)
-
-    undo = subparsers.add_parser("undo", help="Revert an applied batch with inverse events.")
-    undo.add_argument("--batch", required=True)
-    undo.add_argument("--reason")
-    undo.add_argument("--skip-conflicts", action="store_true")
-    _common(undo)
-    undo.set_defaults(handler=handle_undo)
-
     approve = subparsers.add_parser(
-        "approve", help="Record that you (not the planner) reviewed a batch's priced plan."
+        "approve",
+        help="Record that you (not the planner) reviewed a batch's priced plan.",
+        description="Approve a planned batch after reviewing its priced plan (show --batch).",
     )
-    approve.add_argument("--batch", required=True, metavar="ID")
+    _batch(approve)
     approve.add_argument(
         "--plan-digest",
         required=True,
         metavar="HEX",
-        help="The plan digest you reviewed (shown by show --batch; 8+ characters).",
+        help="The plan digest you reviewed (show --batch prints it; 8 to 64 hex characters).",
     )
     _common(approve)
     approve.set_defaults(handler=handle_approve)
 
-    anchor = subparsers.add_parser(
-        "anchor", help="Sign the chain head and append it to the anchor log (and stdout)."
+    apply = subparsers.add_parser(
+        "apply",
+        help="Apply a planned (and approved) batch: events and flips in one transaction.",
+        description="Apply a planned batch, then recompute the accruals of the workers it "
+        "touched with the host's own code.",
     )
-    anchor.add_argument("--json", action="store_true", help="The anchor as one JSON object.")
+    _batch(apply)
+    _skip_conflicts(apply)
+    _common(apply)
+    apply.set_defaults(handler=handle_apply)
+
+    undo = subparsers.add_parser(
+        "undo",
+        help="Revert an applied batch with inverse events (a new batch).",
+        description="Undo an applied batch: append and project the inverse of its events.",
+    )
+    _batch(undo)
+    undo.add_argument(
+        "--reason",
+        metavar="TEXT",
+        required=True,
+        help=f"Why it is undone (at most {inputs.MAX_REASON} characters).",
+    )
+    _skip_conflicts(undo)
+    _common(undo)
+    undo.set_defaults(handler=handle_undo)
+
+    discard = subparsers.add_parser("discard", help="Drop a planned batch without applying it.")
+    _batch(discard)
+    _common(discard)
+    discard.set_defaults(handler=handle_discard)
+
+    recompute = subparsers.add_parser(
+        "recompute",
+        help="Finish accrual recomputes left pending by an interruption.",
+        description="Recompute the accruals still pending, of one batch or of all; exits 1 "
+        "when some remain pending.",
+    )
+    which = recompute.add_mutually_exclusive_group(required=True)
+    which.add_argument("--batch", metavar="ID", help="Only this batch's (UUID or 8+ chars).")
+    which.add_argument("--pending", action="store_true", help="Every pending recompute.")
+    _json(recompute)
+    recompute.set_defaults(handler=handle_recompute)
+
+    anchor = subparsers.add_parser(
+        "anchor",
+        help="Sign the chain head; append it to the anchor log (LEDGER_ANCHOR_LOG) and stdout.",
+    )
+    _json(anchor)
     anchor.set_defaults(handler=handle_anchor)
 
     privileges = subparsers.add_parser(
         "privileges", help="Print the GRANT/REVOKE statements for the application's role."
     )
-    privileges.add_argument("--app-role", required=True, metavar="NAME")
+    privileges.add_argument(
+        "--app-role",
+        required=True,
+        metavar="NAME",
+        help="The database role the application connects as.",
+    )
     privileges.set_defaults(handler=handle_privileges)
 
-    discard = subparsers.add_parser("discard", help="Drop a planned batch without applying.")
-    discard.add_argument("--batch", required=True)
-    _common(discard)
-    discard.set_defaults(handler=handle_discard)
+    schema = subparsers.add_parser(
+        "schema",
+        help="Print the JSON Schema of every --json output (or of one).",
+        description="Print the JSON Schema (draft 2020-12) of the command's --json outputs.",
+    )
+    from ledger.cli.schemas import OUTPUTS
 
-    recompute = subparsers.add_parser("recompute", help="Finish accrual recomputes.")
-    which = recompute.add_mutually_exclusive_group(required=True)
-    which.add_argument("--batch")
-    which.add_argument("--pending", action="store_true")
-    recompute.add_argument("--json", action="store_true")
-    recompute.set_defaults(handler=handle_recompute)
-
-    schema = subparsers.add_parser("schema", help="Print the JSON Schema of --json output.")
+    schema.add_argument(
+        "output",
+        nargs="?",
+        choices=sorted(OUTPUTS),
+        metavar="OUTPUT",
+        help="Only this output's schema.",
+    )
     schema.set_defaults(handler=handle_schema)
+
+
+def _batch(parser) -> None:
+    parser.add_argument(
+        "--batch",
+        required=True,
+        metavar="ID",
+        help="The batch: its UUID, or the first 8 or more characters of it.",
+    )
+
+
+def _ticket(parser) -> None:
+    parser.add_argument(
+        "--ticket",
+        metavar="REF",
+        help=f"The support ticket behind it, e.g. CI-639 (at most {inputs.MAX_TICKET} characters).",
+    )
+
+
+def _skip_conflicts(parser) -> None:
+    parser.add_argument(
+        "--skip-conflicts",
+        action="store_true",
+        help="Leave alone the units (a work with its visits) whose status changed since the "
+        "plan, recording them in the batch; without it, any conflict refuses the whole batch.",
+    )
+
+
+def _json(parser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="Print one JSON object on stdout (docs/json-schema.md)."
+    )
 
 
 def _common(parser) -> None:
     parser.add_argument(
         "--operator",
         metavar="USERNAME",
-        help="The active user taking this step (required unless LEDGER_DEFAULT_OPERATOR is set).",
+        help="The active user taking this step (default: the LEDGER_DEFAULT_OPERATOR setting; "
+        "required when that is unset).",
     )
-    parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
+    _json(parser)
+    parser.add_argument(
+        "--wide", action="store_true", help="Full ids and untruncated text in tables."
+    )
 
 
-def _progress(options: dict, out: Output):
-    return None if options.get("json") else out.progress
+# --------------------------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------------------------
 
 
-def handle_plan_over_cap(options: dict, out: Output) -> int:
+def handle_plan_over_cap(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
     if options["all"]:
-        print_scan(services.scan_over_cap(), options, out)
-        return 0
-    exclude = read_ids(options["exclude"], "exclusion") if options.get("exclude") else ()
+        values = ("--reason", "reason"), ("--ticket", "ticket"), ("--exclude", "exclude")
+        flags = ("--include-paid", "include_paid"), ("--skip-suspended", "skip_suspended")
+        given = [option for option, key in values if options.get(key) is not None]
+        given += [flag for flag, key in flags if options.get(key)]
+        if options.get("operator") is not None:
+            given.append("--operator")
+        if given:
+            raise LedgerError(f"--all only reports, it plans nothing: drop {', '.join(given)}")
+        out.progress("scanning every opportunity for works past a cap")
+        print_scan(services.scan_over_cap(), out)
+        return
+    reason = inputs.reason(options.get("reason"))
+    ticket = inputs.ticket(options.get("ticket"))
+    opportunities = [inputs.opportunity_uuid(u) for u in options["opportunities"]]
+    exclude = ()
+    if options.get("exclude") is not None:
+        exclude = read_ids(inputs.path(options["exclude"], "--exclude"), "exclusion")
+    out.progress(f"planning the over-cap correction of {len(set(opportunities))} opportunities")
     report = services.plan_over_cap(
-        options["opportunities"],
-        reason=options.get("reason") or "",
-        operator=options.get("operator"),
+        opportunities,
+        reason=reason,
+        operator=operator,
         exclude_work_ids=exclude,
         include_paid=options["include_paid"],
         skip_suspended=options["skip_suspended"],
-        ticket=options["ticket"],
+        ticket=ticket,
+        progress=out.progress,
     )
-    print_plan(report, options, out)
-    return 0
+    print_plan(report, out)
 
 
-def handle_plan_visits(options: dict, out: Output) -> int:
+def handle_plan_visits(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    reason = inputs.reason(options.get("reason"))
+    ticket = inputs.ticket(options.get("ticket"))
     xform_ids = visit_ids = None
-    if options.get("xform_ids"):
-        xform_ids = read_lines(options["xform_ids"], "xform id")
+    if options.get("xform_ids") is not None:
+        xform_ids = read_lines(inputs.path(options["xform_ids"], "--xform-ids"), "xform id")
+        for n, value in enumerate(xform_ids, start=1):
+            if len(value) > inputs.MAX_XFORM_ID:
+                raise LedgerError(
+                    f"xform id file {options['xform_ids']}, entry {n}: longer than "
+                    f"{inputs.MAX_XFORM_ID} characters, not an xform id"
+                )
+        count = len(xform_ids)
     else:
-        visit_ids = read_ids(options["visit_ids"], "visit id")
-    if not (xform_ids or visit_ids):
+        visit_ids = read_ids(inputs.path(options["visit_ids"], "--visit-ids"), "visit id")
+        count = len(visit_ids)
+    if not count:
         raise LedgerError("the id file lists no ids")
+    out.progress(f"planning {count} listed visits → {options['to_status']}")
     report = services.plan_visits(
-        reason=options.get("reason") or "",
+        reason=reason,
         xform_ids=xform_ids,
         visit_ids=visit_ids,
         to_status=options["to_status"],
         expand=options["expand"],
-        operator=options.get("operator"),
-        ticket=options["ticket"],
+        operator=operator,
+        ticket=ticket,
+        progress=out.progress,
     )
-    print_plan(report, options, out)
-    return 0
+    print_plan(report, out)
 
 
-def handle_apply(options: dict, out: Output) -> int:
+def handle_apply(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    batch = inputs.batch_id(options["batch"])
+    out.progress(f"applying batch {batch}")
     report = services.apply_batch(
-        options["batch"],
-        operator=options.get("operator"),
+        batch,
+        operator=operator,
         skip_conflicts=options["skip_conflicts"],
-        progress=_progress(options, out),
+        progress=out.progress,
     )
-    print_run(report, options, out)
-    return 0
+    print_run(report, out)
 
 
-def handle_undo(options: dict, out: Output) -> int:
+def handle_undo(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    reason = inputs.reason(options.get("reason"))
+    batch = inputs.batch_id(options["batch"])
+    out.progress(f"undoing batch {batch}")
     report = services.undo_batch(
-        options["batch"],
-        reason=options.get("reason") or "",
-        operator=options.get("operator"),
+        batch,
+        reason=reason,
+        operator=operator,
         skip_conflicts=options["skip_conflicts"],
-        progress=_progress(options, out),
+        progress=out.progress,
     )
-    print_run(report, options, out)
-    return 0  # committed; accrual differences are findings, not failure
+    print_run(report, out)  # committed; accrual differences are findings, not failure
 
 
-def handle_approve(options: dict, out: Output) -> int:
+def handle_approve(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    digest = inputs.hex_digest(options["plan_digest"], "--plan-digest")
     batch = services.approve_batch(
-        options["batch"], operator=options.get("operator"), plan_digest=options["plan_digest"]
+        inputs.batch_id(options["batch"]), operator=operator, plan_digest=digest
     )
-    if options.get("json"):
-        out.json({"batch": str(batch.pk), "state": batch.state, "approved_by": batch.approved_by})
+    if out.json_mode:
+        out.json(
+            ApproveReport(batch=str(batch.pk), state=batch.state, approved_by=batch.approved_by)
+        )
     else:
         out.line(f"Batch {batch.pk} approved by {batch.approved_by}; it can be applied now.")
-    return 0
 
 
-def handle_anchor(options: dict, out: Output) -> int:
-    from ledger import anchors
-
-    anchor = anchors.take()
-    if options.get("json"):
-        out.json(anchor)
-    else:
-        out.line(anchors.encode(anchor))
-        target = anchors.write_target()
-        out.progress(
-            f"anchored event {anchor.event_id} and entry {anchor.entry_id}"
-            + (f"; appended to {target}" if target else "; keep this line outside the database")
-        )
-    return 0
-
-
-def handle_privileges(options: dict, out: Output) -> int:
-    from ledger import privileges
-
-    for line in privileges.statements(options["app_role"]):
-        out.line(line)
-    return 0
-
-
-def handle_discard(options: dict, out: Output) -> int:
-    batch = services.discard_batch(options["batch"], operator=options.get("operator"))
-    if options.get("json"):
-        out.json({"batch": str(batch.pk), "state": batch.state})
+def handle_discard(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    batch = services.discard_batch(inputs.batch_id(options["batch"]), operator=operator)
+    if out.json_mode:
+        out.json(DiscardReport(batch=str(batch.pk), state=batch.state))
     else:
         out.line(f"Batch {batch.pk} discarded.")
-    return 0
 
 
-def handle_recompute(options: dict, out: Output) -> int:
-    report = services.recompute_report(
-        None if options["pending"] else options["batch"], progress=_progress(options, out)
-    )
-    if options.get("json"):
+def handle_recompute(options: dict, out: Output) -> None:
+    batch = None if options["pending"] else inputs.batch_id(options["batch"])
+    out.progress("recomputing accruals")
+    report = services.recompute_report(batch, progress=out.progress)
+    if out.json_mode:
         out.json(report)
     else:
         out.line(
             f"Recomputed {report.recomputed} accesses; {report.pending_recomputes} still pending."
         )
-    return 0 if report.pending_recomputes == 0 else 1
+    if report.pending_recomputes:
+        raise Findings(
+            f"recompute: {report.pending_recomputes} recomputes still pending "
+            "(run it again: corrections recompute --pending)"
+        )
 
 
-def handle_schema(options: dict, out: Output) -> int:
-    import msgspec
+def handle_anchor(options: dict, out: Output) -> None:
+    from ledger import anchors
 
-    _, components = msgspec.json.schema_components([PlanReport, ScanReport, RunReport])
-    out.json({"$defs": components})
-    return 0
+    anchor = anchors.take()
+    if out.json_mode:
+        out.json(anchor)
+        return
+    out.line(anchors.encode(anchor))
+    target = anchors.write_target()
+    out.note(
+        f"anchored event {anchor.event_id} and entry {anchor.entry_id}"
+        + (f"; appended to {target}" if target else "; keep this line outside the database")
+    )
 
 
-def print_plan(report: PlanReport, options: dict, out: Output) -> None:
-    if options.get("json"):
+def handle_privileges(options: dict, out: Output) -> None:
+    from ledger import privileges
+
+    role = options["app_role"]
+    if len(role) > 63:
+        raise LedgerError(f"--app-role: {inputs.shown(role)} is longer than 63 characters")
+    for line in privileges.statements(role):
+        out.line(line)
+
+
+def handle_schema(options: dict, out: Output) -> None:
+    from ledger.cli.schemas import document, output_schema
+
+    out.json(output_schema(options["output"]) if options.get("output") else document())
+
+
+# --------------------------------------------------------------------------------------------
+# Printing
+# --------------------------------------------------------------------------------------------
+
+
+def _signed(value) -> str:
+    return f"{value:+}" if value else "0"
+
+
+def money_by_opportunity(accesses: Sequence[AccessPlan]) -> list[tuple]:
+    """Per (opportunity, currency): works, visits, and the money columns finance reviews."""
+    groups: dict[tuple[str, str], list] = defaultdict(
+        lambda: [0, 0, 0, ZERO, 0, ZERO, ZERO, ZERO, 0]
+    )
+    for a in accesses:
+        g = groups[(a.opportunity, a.currency)]
+        g[0] += a.works
+        g[1] += a.visits
+        g[2] += a.worker_accrual_change
+        g[3] += a.worker_accrual_change_usd
+        g[4] += a.org_accrual_change
+        g[5] += a.org_accrual_change_usd
+        g[6] += a.paid_to_date
+        g[7] += a.overpayment_exposure
+        g[8] += 1
+    return [(opp, cur, *values) for (opp, cur), values in sorted(groups.items())]
+
+
+def print_money(accesses: Sequence[AccessPlan], totals, out: Output) -> None:
+    """The priced plan per opportunity and currency, then the totals per currency."""
+    rows = money_by_opportunity(accesses)
+    if rows:
+        out.line("By opportunity (local currency; USD at the host's rate of each work's date):")
+        out.table(
+            ["opportunity", "cur", "works", "visits", "worker Δ", "worker Δ USD", "org Δ",
+             "org Δ USD", "paid", "exposure"],
+            [
+                (out.short(opp), cur, works, visits, _signed(w), _signed(w_usd), _signed(o),
+                 _signed(o_usd), paid, exposure)
+                for opp, cur, works, visits, w, w_usd, o, o_usd, paid, exposure, _ in rows
+            ],
+        )  # fmt: skip
+    if totals is not None and totals.by_currency:
+        out.line("")
+        out.line("Totals by currency:")
+        out.table(
+            ["cur", "accesses", "works", "visits", "worker Δ", "org Δ", "paid to date",
+             "exposure"],
+            [
+                (c.currency, c.accesses, c.works, c.visits, _signed(c.worker_accrual_change),
+                 _signed(c.org_accrual_change), c.paid_to_date, c.overpayment_exposure)
+                for c in totals.by_currency
+            ],
+        )  # fmt: skip
+        out.line(
+            f"All currencies in USD: worker accrual {_signed(totals.worker_accrual_change_usd)}, "
+            f"org accrual {_signed(totals.org_accrual_change_usd)}"
+        )
+
+
+def _wrap(out: Output, text: str, indent: str = "") -> None:
+    import textwrap
+
+    width = out.width if not out.wide else 10_000
+    for line in textwrap.wrap(printable(text), width=width, initial_indent=indent,
+                              subsequent_indent=indent or "  "):  # fmt: skip
+        out.line(line)
+
+
+def print_plan(report: PlanReport, out: Output) -> None:
+    if out.json_mode:
         out.json(report)
         return
     if report.batch is None:
         out.line("Nothing to correct: no entity in scope needs a flip.")
     else:
-        out.line(f"Planned batch {report.batch} ({report.planner}): {report.reason}")
+        out.line(f"Planned batch {report.batch} ({report.planner})")
+    _wrap(out, f"Reason: {report.reason}")
     if report.accesses:
         out.line("")
         out.table(
-            ["access", "worker", "cur", "susp", "works", "visits", "accrual now", "projected",
-             "worker Δ", "worker Δ USD", "org Δ", "org Δ USD", "paid", "exposure"],
+            ["access", "worker", "cur", "susp", "works", "visits", *(
+                ["accrual now", "projected"] if out.wide else []), "worker Δ",
+             *(["worker Δ USD"] if out.wide else []), "org Δ",
+             *(["org Δ USD"] if out.wide else []), "paid", "exposure"],
             [
                 (a.access_id, a.worker, a.currency, "yes" if a.suspended else "", a.works,
-                 a.visits, a.accrual_now, a.projected_accrual, a.worker_accrual_change,
-                 a.worker_accrual_change_usd, a.org_accrual_change, a.org_accrual_change_usd,
+                 a.visits, *([a.accrual_now, a.projected_accrual] if out.wide else []),
+                 _signed(a.worker_accrual_change),
+                 *([_signed(a.worker_accrual_change_usd)] if out.wide else []),
+                 _signed(a.org_accrual_change),
+                 *([_signed(a.org_accrual_change_usd)] if out.wide else []),
                  a.paid_to_date, a.overpayment_exposure or "")
                 for a in report.accesses
             ],
+            shrink=["worker"],
         )  # fmt: skip
     if report.exclusions:
         out.line("")
@@ -257,34 +526,34 @@ def print_plan(report: PlanReport, options: dict, out: Output) -> None:
         for e in report.exclusions:
             ids = ", ".join(map(str, e.completed_work_ids[:10]))
             more = " …" if len(e.completed_work_ids) > 10 else ""
-            out.line(f"  {e.reason}: {e.works} works, {e.visits} visits (works {ids}{more})")
+            _wrap(out, f"  {e.reason}: {e.works} works, {e.visits} visits (works {ids}{more})")
     t = report.totals
     out.line("")
     out.line(
         f"Totals: {t.works} works and {t.visits} visits across {t.accesses} accesses "
         f"({t.suspended_accesses} suspended); {t.excluded_works} works excluded."
     )
-    for c in t.by_currency:
-        out.line(
-            f"  {c.currency}: worker accrual {c.worker_accrual_change:+}, org accrual "
-            f"{c.org_accrual_change:+}, paid to date {c.paid_to_date}, "
-            f"overpayment exposure {c.overpayment_exposure}"
-        )
-    out.line(
-        f"  All currencies in USD: worker accrual {t.worker_accrual_change_usd:+}, "
-        f"org accrual {t.org_accrual_change_usd:+}"
-    )
+    if report.accesses:
+        out.line("")
+        print_money(report.accesses, t, out)
+    if report.duplicate_entries:
+        shown = ", ".join(report.duplicate_entries[:10])
+        more = " …" if len(report.duplicate_entries) > 10 else ""
+        _wrap(out, f"Listed more than once (planned once): {shown}{more}")
+    for note in report.notes:
+        _wrap(out, f"Note: {note}")
     if report.batch:
         out.line("")
         out.line(f"Plan digest: {report.plan_digest}")
+        out.line("Review it, then someone other than the planner approves it:")
         out.line(
-            f"Review, then a second person approves: ./manage.py corrections approve --batch "
-            f"{report.batch} --plan-digest {report.plan_digest[:12]} --operator REVIEWER"
+            f"  ./manage.py corrections approve --batch {report.batch[:8]} "
+            f"--plan-digest {report.plan_digest[:12]} --operator REVIEWER"
         )
 
 
-def print_scan(report: ScanReport, options: dict, out: Output) -> None:
-    if options.get("json"):
+def print_scan(report, out: Output) -> None:
+    if out.json_mode:
         out.json(report)
         return
     if not report.opportunities:
@@ -299,10 +568,11 @@ def print_scan(report: ScanReport, options: dict, out: Output) -> None:
              o.visits, o.excluded_works, o.accrued_on_over_cap_works)
             for o in report.opportunities
         ],
+        shrink=["name"],
     )  # fmt: skip
 
 
-def describe_conflict(c) -> str:
+def describe_conflict(c, short=str) -> str:
     """One line: the entity, what differs, expected and found, and who owns it now."""
     what = {
         "status": "status",
@@ -317,32 +587,34 @@ def describe_conflict(c) -> str:
     if c.what == "missing":
         text = f"{c.entity_kind} {c.entity_id}: the row is gone"
     if c.owner_batch:
-        text += f" (batch {c.owner_batch} owns its current state)"
+        text += f" (batch {short(c.owner_batch)} owns its current state)"
     return text
 
 
-def print_run(report: RunReport, options: dict, out: Output) -> None:
-    if options.get("json"):
+def print_run(report: RunReport, out: Output) -> None:
+    if out.json_mode:
         out.json(report)
         return
     verb = "Undid" if report.action == "undo" else "Applied"
     target = (
         f"batch {report.reverts} with undo batch {report.batch}"
         if report.reverts
-        else (f"batch {report.batch}")
+        else f"batch {report.batch}"
     )
-    out.line(
+    _wrap(
+        out,
         f"{verb} {target}: {report.events} events "
-        f"({report.works} completed works, {report.visits} visits)."
+        f"({report.works} completed works, {report.visits} visits).",
     )
     if report.skipped_conflicts:
         out.line(f"Skipped the units of {len(report.skipped_conflicts)} conflicts:")
         for c in report.skipped_conflicts:
-            out.line("  " + describe_conflict(c))
+            out.line(clip("  " + describe_conflict(c, out.short), out.width))
     if report.reverted_state == "partially_undone":
-        out.line(
+        _wrap(
+            out,
             f"Batch {report.reverts} is partially undone: the skipped units keep its flips; "
-            f"undo it again once they are settled."
+            "undo it again once they are settled.",
         )
     if report.accesses:
         if report.action == "undo":
@@ -363,9 +635,22 @@ def print_run(report: RunReport, options: dict, out: Output) -> None:
     if report.findings:
         out.line("Findings (the undo committed; look at these):")
         for finding in report.findings:
-            out.line(f"  {finding}")
+            _wrap(out, finding, "  ")
+    if report.anchor:
+        out.note("anchored the chain head after the projection (LEDGER_ANCHOR_LOG)")
     if report.pending_recomputes:
         out.line(
             f"{report.pending_recomputes} recomputes pending: "
             "run ./manage.py corrections recompute --pending"
         )
+
+
+def plan_from_summary(summary: dict) -> PlanReport | None:
+    """The priced plan a batch stored when it was planned, if it has one."""
+    plan = summary.get("plan") if isinstance(summary, dict) else None
+    if not isinstance(plan, dict):
+        return None
+    try:
+        return msgspec.convert(plan, PlanReport)
+    except msgspec.ValidationError:
+        return None

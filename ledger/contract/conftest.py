@@ -151,6 +151,20 @@ PLANNER = "contract-planner"
 REVIEWER = "contract-reviewer"
 
 
+@pytest.fixture(autouse=True)
+def _flushable(request):
+    """The suite's tests are transactional: the test settings must install ledger.flushable,
+    or the database's refusal to truncate the ledger's tables fails every test's teardown."""
+    from django.apps import apps
+
+    if not apps.is_installed("ledger.flushable"):
+        pytest.fail(
+            "the contract suite flushes the test database after each test: add "
+            "'ledger.flushable' to INSTALLED_APPS in the test settings (docs/api.md)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def world(transactional_db) -> World:
     return World()

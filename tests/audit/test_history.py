@@ -52,7 +52,7 @@ def test_visit_history_names_batch_operators_reason_and_undo(undone, run):
     # The same two events by xform id; the human table names everything too.
     by_xform = run("history", "--xform-id", xform_id, "--json")
     assert [e["id"] for e in by_xform.json["events"]] == [first["id"], second["id"]]
-    table = run("history", "--visit", str(visit_id))
+    table = run("history", "--visit", str(visit_id), "--wide")
     assert table.code == 0
     for text in ("alice", "bob", "carol", undone.batch, undone.undo, "approved → over_limit",
                  f"undone by #{second['id']}", f"inverts #{first['id']}", "CI-639"):  # fmt: skip
@@ -184,7 +184,7 @@ def test_batches_and_show(undone, run):
     assert (original["recomputes_done"], original["recomputes_pending"]) == (2, 0)
     assert (undo["planner"], undo["state"], undo["reverts"]) == ("undo", "applied", undone.batch)
 
-    table = run("batches")
+    table = run("batches", "--wide")
     assert undone.batch in table.out and f"reverted by {undone.undo}" in table.out
 
     shown = run("show", "--batch", undone.batch, "--json")

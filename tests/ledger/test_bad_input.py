@@ -1,4 +1,6 @@
-"""Bad input: one clear line on stderr, a non-zero exit, nothing written."""
+"""Bad input: one clear line on stderr, the exit code of its kind, nothing written.
+
+The full table of bad inputs is ``tests/cli/test_bad_input_table.py``."""
 
 import uuid
 
@@ -13,10 +15,10 @@ def batch(incident, run) -> str:
     return run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
 
 
-def _refused(run, *args, says: str) -> None:
+def _refused(run, *args, says: str, code: int = 3) -> None:
     counts = ledger_counts()
     result = run(*args)
-    assert result.code != 0
+    assert result.code == code, (result.code, result.err)
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("corrections: ")
@@ -29,7 +31,7 @@ def test_unknown_batch(batch, run):
     _refused(run, "apply", "--batch", missing, says=f"unknown batch {missing}")
     _refused(run, "undo", "--batch", missing, "--reason", "x", says="unknown batch")
     _refused(run, "recompute", "--batch", missing, says="unknown batch")
-    _refused(run, "apply", "--batch", "not-a-uuid", says="not a batch id")
+    _refused(run, "apply", "--batch", "not-a-uuid", says="is not a batch id")
 
 
 def test_empty_reason(incident, batch, run):
@@ -48,7 +50,7 @@ def test_unknown_and_malformed_opportunities(incident, run):
     )  # fmt: skip
     _refused(
         run, "plan", "over-cap", "--opportunity", "nope", "--reason", "x",
-        says="not an opportunity UUID: nope",
+        says="'nope' is not an opportunity UUID",
     )  # fmt: skip
 
 
@@ -81,12 +83,12 @@ def test_unsupported_target_status(incident, run, tmp_path):
     listing.write_text("whatever\n")
     _refused(
         run, "plan", "visits", "--xform-ids", str(listing), "--to", "trial", "--reason", "x",
-        says="unsupported target status 'trial'",
+        says="invalid choice: 'trial'", code=2,
     )  # fmt: skip
 
 
 def test_wrong_state(batch, run):
-    _refused(run, "undo", "--batch", batch, "--reason", "x", says="only an applied batch")
+    _refused(run, "undo", "--batch", batch, "--reason", "x", says="only an applied batch", code=4)
     assert run("discard", "--batch", batch).code == 0
-    _refused(run, "apply", "--batch", batch, says="is discarded")
-    _refused(run, "discard", "--batch", batch, says="only a planned batch")
+    _refused(run, "apply", "--batch", batch, says="is discarded", code=4)
+    _refused(run, "discard", "--batch", batch, says="only a planned batch", code=4)

@@ -1,8 +1,8 @@
 """Django's ``flush``, able to empty the ledger's tables in test databases only.
 
-The ledger's tables refuse TRUNCATE. Transactional test cases flush the test database after
-each test, so for a database whose name starts with ``test_`` (Django's test prefix) or that is
-listed in ``settings.LEDGER_FLUSHABLE_DATABASES``, this command lifts the TRUNCATE guards —
+Installed only where the settings add ``ledger.flushable`` (test settings). The ledger's tables
+refuse TRUNCATE; for a database whose name starts with ``test_`` (Django's test prefix) or that
+is listed in ``settings.LEDGER_FLUSHABLE_DATABASES``, this command lifts the TRUNCATE guards —
 and nothing else — while it runs. Everywhere else it is Django's flush, refused by the ledger.
 """
 

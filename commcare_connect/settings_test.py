@@ -1,0 +1,11 @@
+"""Settings for the test suites: the project's settings plus ``ledger.flushable``.
+
+Transactional tests flush the test database after each test; ``ledger.flushable`` provides the
+``flush`` that may empty the ledger's append-only tables there (test databases only). The
+project's own settings leave Django's ``flush`` alone.
+"""
+
+from commcare_connect.settings import *  # noqa: F403
+from commcare_connect.settings import INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "ledger.flushable"]
