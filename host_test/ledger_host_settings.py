@@ -1,6 +1,6 @@
 """Settings for running the real CommCare Connect with the ledger installed (tests only).
 
-The host's own test settings, plus the ledger app. Put the host checkout and a directory
+The host's own test settings, plus the ledger app and its flush for test databases. Put the host checkout and a directory
 holding only the ``ledger`` package on ``PYTHONPATH``; ``run.sh`` does that.
 """
 
@@ -9,7 +9,9 @@ import os
 from config.settings.test import *  # noqa: F401,F403
 from config.settings.test import INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "ledger"]
+# ledger.flushable: the host's transactional tests (and the contract suite) flush the test
+# database, whose ledger tables refuse TRUNCATE otherwise. Test settings only.
+INSTALLED_APPS = [*INSTALLED_APPS, "ledger", "ledger.flushable"]
 assert "pgtrigger" in INSTALLED_APPS, "the ledger needs django-pgtrigger installed in the host"
 
 # The hook the ledger calls to lock opportunity accesses while it recomputes accruals (a
