@@ -45,7 +45,7 @@ from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
 from ledger.sql import CHUNK, db_now, ids_where, insert_rows, lock_rows_patiently, table
-from ledger.state import latest_events, members_text
+from ledger.state import Latest, batches_of, latest_events, members_text
 
 FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
 VISIT = EntityKind.visit.value
@@ -87,8 +87,8 @@ class _Now:
     works: dict[int, tuple]  # id -> (status, status_modified_date, access id)
     visits: dict[int, tuple]  # id -> (status, status_modified_date, completed_work_id)
     members: dict[int, dict[int, str]]  # work id -> {visit id: status}
-    latest: dict[tuple[str, int], tuple[int, str]]  # (kind, id) -> (event id, batch id)
-    live: dict[tuple[str, int], tuple[int, str]]  # the same, passing over undone events
+    latest: Latest  # each entity's latest ledger event
+    live: Latest  # the same, passing over undone events (undo flips only)
     busy: set[tuple[str, int]]  # rows live traffic kept past the wait (skipped units only)
 
 
@@ -148,40 +148,42 @@ def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, objec
         if holds != f.members:
             found.append(("visits", f.members or "(none)", holds or "(none)"))
     latest = _expected_against(f, now)
-    if (latest[0] if latest else None) != f.prev_event_id:
-        found.append(("latest_event", f.prev_event_id, latest[0] if latest else None))
+    if latest != f.prev_event_id:
+        found.append(("latest_event", f.prev_event_id, latest))
     return found
 
 
-def _expected_against(f: Flip, now: _Now) -> tuple[int, str] | None:
+def _expected_against(f: Flip, now: _Now) -> int | None:
     """The event an expectation is compared with: for an undo, the latest one still in force."""
     source = now.live if f.inverts_id is not None else now.latest
-    return source.get((f.entity_kind, f.entity_id))
+    return source.get(f.entity_kind, f.entity_id)
 
 
 def _conflicts(flips: Sequence[Flip], now: _Now) -> list[Conflict]:
-    conflicts: list[Conflict] = []
+    found: list[tuple[Flip, tuple | None, int | None, str, object, object]] = []
     for f in flips:
         row = (now.works if f.entity_kind == WORK else now.visits).get(f.entity_id)
         latest = _expected_against(f, now)
         # Another batch owns the current state when the entity's latest event is not the one
         # this batch expects.
-        owner = latest[1] if latest and latest[0] != f.prev_event_id else None
+        owner_event = latest if latest is not None and latest != f.prev_event_id else None
         for what, expected, actual in _differences(f, row, now):
-            conflicts.append(
-                Conflict(
-                    entity_kind=f.entity_kind,
-                    entity_id=f.entity_id,
-                    completed_work_id=f.completed_work_id,
-                    expected_status=f.from_status,
-                    found_status=row[0] if row else None,
-                    what=what,
-                    expected=None if expected is None else str(expected),
-                    found=None if actual is None else str(actual),
-                    owner_batch=owner,
-                )
-            )
-    return conflicts
+            found.append((f, row, owner_event, what, expected, actual))
+    owners = batches_of(e for _, _, e, *_ in found if e is not None)
+    return [
+        Conflict(
+            entity_kind=f.entity_kind,
+            entity_id=f.entity_id,
+            completed_work_id=f.completed_work_id,
+            expected_status=f.from_status,
+            found_status=row[0] if row else None,
+            what=what,
+            expected=None if expected is None else str(expected),
+            found=None if actual is None else str(actual),
+            owner_batch=owners.get(owner_event) if owner_event is not None else None,
+        )
+        for f, row, owner_event, what, expected, actual in found
+    ]
 
 
 def _unit(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
@@ -293,8 +295,9 @@ def project(
             f for f in flips if _unit(f.entity_kind, f.entity_id, f.completed_work_id) not in bad
         ]
 
-    # Each work's visits after the flip, recorded on its event.
-    after = {work_id: dict(visits) for work_id, visits in current.members.items()}
+    # Each work's visits after the flip, recorded on its event (the lock-time view is not
+    # needed any more: updated in place).
+    after = current.members
     for f in flips:
         if f.entity_kind == VISIT and f.completed_work_id in after:
             after[f.completed_work_id][f.entity_id] = f.to_status
@@ -321,11 +324,11 @@ def project(
         for f, stamp in zip(part, stamps, strict=True):
             is_work = f.entity_kind == WORK
             row = (current.works if is_work else current.visits)[f.entity_id]
-            latest = current.latest.get((f.entity_kind, f.entity_id))
+            latest = current.latest.get(f.entity_kind, f.entity_id)
             values = (
                 batch_id, f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
                 f.access_id, f.xform_id, f.from_status, f.to_status, reason, f.inverts_id,
-                row[1], stamp, now_at, latest[0] if latest else None,
+                row[1], stamp, now_at, latest,
                 members_text(after.get(f.entity_id, {})) if is_work else None,
             )  # fmt: skip
             prev_hash, prev = prev, chain.hash_values(prev, values)

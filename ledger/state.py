@@ -44,18 +44,29 @@ def work_members(work_ids: Iterable[int]) -> dict[int, str]:
     return found
 
 
-def latest_events(
-    pairs: Iterable[tuple[str, int]], *, live: bool = False
-) -> dict[tuple[str, int], tuple[int, str]]:
-    """Each entity's latest ledger event: ``(kind, id) -> (event id, batch id)``.
+class Latest:
+    """Each entity's latest ledger event id, by kind then id (compact: ints, no tuples)."""
+
+    __slots__ = ("by_kind",)
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, dict[int, int]] = {}
+
+    def get(self, kind: str, pk: int) -> int | None:
+        return self.by_kind.get(kind, {}).get(pk)
+
+
+def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> Latest:
+    """Each entity's latest ledger event id.
 
     With ``live``, the latest event still in force: undo events, and events an undo inverted,
     are passed over. After batches 1, 2 and 3 and the undo of 3, batch 2's event is the live
     one, so batch 2 can be undone next — and batch 1 only after it.
     """
+    found = Latest()
     pairs = sorted(set(pairs))
     if not pairs:
-        return {}
+        return found
     events = table(CorrectionEvent)
     live_only = (
         f"""AND e.inverts_id IS NULL
@@ -65,13 +76,27 @@ def latest_events(
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT u.kind, u.id, l.id, l.batch_id::text
+            f"""SELECT u.kind, u.id, l.id
                 FROM unnest(%s::text[], %s::bigint[]) AS u(kind, id)
                 CROSS JOIN LATERAL (
-                    SELECT e.id, e.batch_id FROM {events} e
+                    SELECT e.id FROM {events} e
                     WHERE e.entity_kind = u.kind AND e.entity_id = u.id {live_only}
                     ORDER BY e.id DESC LIMIT 1
                 ) l""",
             [[k for k, _ in pairs], [i for _, i in pairs]],
         )
-        return {(kind, pk): (event_id, batch) for kind, pk, event_id, batch in cursor.fetchall()}
+        for kind, pk, event_id in cursor.fetchall():
+            found.by_kind.setdefault(kind, {})[pk] = event_id
+    return found
+
+
+def batches_of(event_ids: Iterable[int]) -> dict[int, str]:
+    """The batch of each event (for naming who owns an entity's current state)."""
+    ids = sorted(set(event_ids))
+    if not ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, batch_id::text FROM {table(CorrectionEvent)} WHERE id = ANY(%s)", [ids]
+        )
+        return dict(cursor.fetchall())

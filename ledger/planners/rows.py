@@ -34,9 +34,7 @@ def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
     members = work_members(r.entity_id for r in rows if r.entity_kind == "completed_work")
     return [
         r._replace(
-            prev_event_id=latest[(r.entity_kind, r.entity_id)][0]
-            if (r.entity_kind, r.entity_id) in latest
-            else None,
+            prev_event_id=latest.get(r.entity_kind, r.entity_id),
             members=members.get(r.entity_id) if r.entity_kind == "completed_work" else None,
         )
         for r in rows
