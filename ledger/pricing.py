@@ -28,6 +28,7 @@ from ledger.retry import with_backoff
 from ledger.sql import db_now, ids_where, lock_rows_patiently
 
 ZERO = Decimal(0)
+PROGRESS_EVERY = 5.0  # seconds between progress lines while pricing
 _SUMS = (
     "saved_payment_accrued",
     "saved_payment_accrued_usd",
@@ -122,7 +123,9 @@ class Pricing:
     unstable: dict[int, str]
 
 
-def _simulate(flips: list[PlannedRow], accesses: dict) -> tuple[dict, dict, dict[int, str]]:
+def _simulate(
+    flips: list[PlannedRow], accesses: dict, progress: Callable[[str], None] | None = None
+) -> tuple[dict, dict, dict[int, str]]:
     """Flip, let the host recompute, read the figures, roll back. One attempt."""
     access_ids = sorted(accesses)
     planned = {r.entity_id: r.to_status for r in flips if r.entity_kind == "completed_work"}
@@ -152,8 +155,12 @@ def _simulate(flips: list[PlannedRow], accesses: dict) -> tuple[dict, dict, dict
             deadline,
         )
         before = _access_sums(access_ids)  # what the works hold now (saved figures untouched)
-        for access_id in access_ids:
+        total, shown = len(access_ids), time.monotonic()
+        for done, access_id in enumerate(access_ids, start=1):
             host.simulate_recompute(accesses[access_id])
+            if progress and (time.monotonic() - shown >= PROGRESS_EVERY or done == total):
+                progress(f"priced {done}/{total} accesses by the host's recompute")
+                shown = time.monotonic()
         after = _access_sums(access_ids)
         held = dict(CompletedWork.objects.filter(pk__in=list(planned)).values_list("pk", "status"))
         transaction.set_rollback(True)
@@ -189,7 +196,7 @@ def price(rows: Iterable[PlannedRow], progress: Callable[[str], None] | None = N
             f"pricing {len(flips)} flips across {len(access_ids)} accesses by the host's rules"
         )
     before, after, unstable = with_backoff(
-        lambda: _simulate(flips, accesses),
+        lambda: _simulate(flips, accesses, progress),
         deadline_seconds=conf.get("RETRY_SECONDS"),
         progress=progress,
         what="pricing",

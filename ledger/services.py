@@ -465,7 +465,10 @@ def apply_batch(
             .iterator(chunk_size=10_000)
         ]
         if plan_digest(rows, presorted=True) != batch.plan_digest:
-            raise LedgerError(f"batch {batch.pk}: planned changes do not match the plan digest")
+            raise WrongState(
+                f"batch {batch.pk}: its planned changes no longer match its plan digest "
+                "(altered since it was planned); plan it again"
+            )
         if batch.planner == Planner.over_cap:
             _still_over_cap(batch, rows)
         projected = {
