@@ -1,7 +1,8 @@
 """Settings for running the real CommCare Connect with the ledger installed (tests only).
 
-The host's own test settings, plus the ledger app and its flush for test databases. Put the host checkout and a directory
-holding only the ``ledger`` package on ``PYTHONPATH``; ``run.sh`` does that.
+The host's own test settings, plus the ledger app and its flush for test databases. Put the host
+checkout and a directory holding only the ``ledger`` package on ``PYTHONPATH``; ``run.sh`` does
+that.
 """
 
 import os
