@@ -32,7 +32,8 @@ def lock_head() -> Head:
     """Lock the head (waiting for other ledger writers) and return it."""
     head, events, entries = table(LedgerHead), table(CorrectionEvent), table(BatchEntry)
     with connection.cursor() as cursor:
-        # The row is created where a flush emptied the ledger's tables.
+        # The row is created where a flush emptied the ledger's tables. Only then: the counts
+        # scan both tables, which a ledger of millions of events pays on every write otherwise.
         cursor.execute(
             f"""INSERT INTO {head}
                     (id, event_id, event_hash, events, entry_id, entry_hash, entries, updated_at)
@@ -43,6 +44,7 @@ def lock_head() -> Head:
                        ON true
                 LEFT JOIN LATERAL (SELECT id, hash FROM {entries} ORDER BY id DESC LIMIT 1) n
                        ON true
+                WHERE NOT EXISTS (SELECT 1 FROM {head} WHERE id = 1)
                 ON CONFLICT (id) DO NOTHING""",
             [chain.GENESIS, chain.GENESIS],
         )

@@ -14,7 +14,8 @@ from commcare_connect.ledger_hooks import lock_accesses_for_transaction
 from commcare_connect.opportunity.models import CompletedWork
 from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
-from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
+from ledger.head import lock_head
+from ledger.models import AccrualRecompute, BatchEntry, CorrectionBatch, CorrectionEvent
 from ledger.retry import is_retryable
 from ledger.verify import run_checks
 
@@ -163,3 +164,24 @@ def test_apply_backs_off_while_live_traffic_holds_a_row(host, run, raw_connectio
     assert time.monotonic() - started >= 0.9
     assert "held by live traffic" in result.err
     assert CompletedWork.objects.get(pk=held.pk).status == "over_limit"
+
+
+def _scans_of(model) -> int:
+    """Scans of ``model``'s table in this transaction so far (sequential and index)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(seq_scan + idx_scan), 0) FROM pg_stat_xact_user_tables "
+            "WHERE relid = %s::regclass",
+            [model._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_taking_the_write_lock_does_not_read_the_ledger_once_the_head_exists(host, run):
+    """The head row replaces a count of every event; a write must not pay for that count."""
+    opp, _ = _capped_opportunity(host)
+    _plan(run, opp)  # a lifecycle entry: the head exists
+    first = lock_head()
+    before = _scans_of(CorrectionEvent), _scans_of(BatchEntry)
+    assert lock_head() == first
+    assert (_scans_of(CorrectionEvent), _scans_of(BatchEntry)) == before
