@@ -86,7 +86,7 @@ def code_state(since: str | None = None) -> dict:
             )
         except (OSError, subprocess.CalledProcessError):
             return "?"
-        return done.stdout.strip()
+        return done.stdout.rstrip()  # not lstrip: porcelain lines start with a space
 
     changed = git("status", "--porcelain", "--", *MEASURED_CODE)
     state = {

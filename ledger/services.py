@@ -6,6 +6,7 @@ only read, and :mod:`ledger.projector` is the only writer of host statuses.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,14 +28,14 @@ from ledger.models import (
 from ledger.people import Actor
 from ledger.planners.over_cap import OverCapOptions, resolve_opportunities
 from ledger.planners.over_cap import plan_over_cap as over_cap_rows
-from ledger.planners.rows import PlannedRow, plan_digest, with_expectations
+from ledger.planners.rows import FEW_VALUED, PlannedRow, plan_digest, with_expectations
 from ledger.planners.visit_list import VisitListOptions, plan_visit_list
 from ledger.pricing import AccessPrice, price
 from ledger.projector import Flip, project
 from ledger.reports import plan_report, scan_report
 from ledger.retry import SERIALIZATION_FAILURE, sqlstate, with_backoff
 from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_builtins
-from ledger.sql import db_now, insert_rows
+from ledger.sql import db_now, insert_rows, shared_strings
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -459,7 +460,7 @@ def apply_batch(
                 "--operator USERNAME --plan-digest DIGEST"
             )
         rows = [
-            PlannedRow(*values)
+            PlannedRow(*shared_strings(values, FEW_VALUED))
             for values in batch.changes.order_by("entity_kind", "entity_id")
             .values_list(*PlannedRow._fields)
             .iterator(chunk_size=10_000)
@@ -538,8 +539,9 @@ def undo_batch(
             )
         # Newest first, as plain tuples: the inverse of each event, restoring what it overwrote.
         flips = [
-            Flip(kind, entity_id, work_id, opp_id, access_id, xform_id, to_status,
-                 from_status, event_id, prior_modified, event_id, members)
+            Flip(sys.intern(kind), entity_id, work_id, opp_id, access_id, xform_id,
+                 sys.intern(to_status), sys.intern(from_status), event_id, prior_modified,
+                 event_id, members)
             for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
                  from_status, to_status, prior_modified, members)
             in original.events.filter(inverted_by__isnull=True).order_by("-id").values_list(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime
 import io
+import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 
 from django.db import connection
 
@@ -82,6 +83,19 @@ def db_now() -> datetime.datetime:
 POLL = 0.01  # seconds between rounds of attempts on rows still held by live traffic
 
 
+def shared_strings(values: Sequence, at: Container[int] | None = None) -> tuple:
+    """``values`` with their strings (those at the positions ``at``, or all) interned.
+
+    For rows held by the hundred thousand (a batch's flips, its locked rows): kinds and
+    statuses are a handful of values, and one shared object each instead of one per row keeps
+    a large batch's memory down. Unique strings (xform ids) are left out through ``at``.
+    """
+    return tuple(
+        sys.intern(v) if type(v) is str and (at is None or i in at) else v
+        for i, v in enumerate(values)
+    )
+
+
 def lock_rows_patiently(
     model,
     columns: Sequence[str],
@@ -114,8 +128,8 @@ def lock_rows_patiently(
                         WHERE id = ANY(%s::bigint[]) ORDER BY id FOR {strength} SKIP LOCKED""",
                     [missing[start : start + CHUNK]],
                 )
-                for row in cursor.fetchall():
-                    found[row[0]] = row[1:]
+                for row in cursor:
+                    found[row[0]] = shared_strings(row[1:])
             left = [pk for pk in missing if pk not in found]
             if not left:
                 break

@@ -85,7 +85,7 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
                 ) l""",
             [[k for k, _ in pairs], [i for _, i in pairs]],
         )
-        for kind, pk, event_id in cursor.fetchall():
+        for kind, pk, event_id in cursor:  # a row at a time: no list of them all
             found.by_kind.setdefault(kind, {})[pk] = event_id
     return found
 

@@ -26,6 +26,13 @@ class PlannedRow(NamedTuple):
     members: str | None = None  # a work's visits when planned ("id:status,…")
 
 
+# Positions of the fields that take a handful of values (see ledger.sql.shared_strings).
+FEW_VALUED = frozenset(
+    PlannedRow._fields.index(name)
+    for name in ("entity_kind", "from_status", "to_status", "excluded")
+)
+
+
 def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
     """The rows with the rest of their expected state: latest ledger event, a work's visits."""
     from ledger.state import latest_events, work_members
