@@ -88,7 +88,7 @@ class _Now:
     visits: dict[int, tuple]  # id -> (status, status_modified_date, completed_work_id)
     members: dict[int, dict[int, str]]  # work id -> {visit id: status}
     latest: Latest  # each entity's latest ledger event
-    live: Latest  # the same, passing over undone events (undo flips only)
+    live: Latest  # the same, passing over undone events (undo flips not inverting the latest)
     busy: set[tuple[str, int]]  # rows live traffic kept past the wait (skipped units only)
 
 
@@ -128,7 +128,14 @@ def _lock_units(flips: Sequence[Flip], skip_busy: bool) -> _Now:
             members[work_id][pk] = status
     pairs = [(f.entity_kind, f.entity_id) for f in flips]
     latest = latest_events(pairs)
-    undoing = [(f.entity_kind, f.entity_id) for f in flips if f.inverts_id is not None]
+    # An undo expects the event it inverts to be the latest still in force. Where it is the
+    # latest of all it is also in force (nothing inverted it yet), so only the others are looked
+    # up again — usually none.
+    undoing = [
+        (f.entity_kind, f.entity_id)
+        for f in flips
+        if f.inverts_id is not None and latest.get(f.entity_kind, f.entity_id) != f.inverts_id
+    ]
     return _Now(works, visits, members, latest, latest_events(undoing, live=True), busy)
 
 
@@ -155,8 +162,10 @@ def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, objec
 
 def _expected_against(f: Flip, now: _Now) -> int | None:
     """The event an expectation is compared with: for an undo, the latest one still in force."""
-    source = now.live if f.inverts_id is not None else now.latest
-    return source.get(f.entity_kind, f.entity_id)
+    latest = now.latest.get(f.entity_kind, f.entity_id)
+    if f.inverts_id is None or latest == f.inverts_id:
+        return latest
+    return now.live.get(f.entity_kind, f.entity_id)
 
 
 def _conflicts(flips: Sequence[Flip], now: _Now) -> list[Conflict]:

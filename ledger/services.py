@@ -569,7 +569,8 @@ def undo_batch(
             undo, flips, reason=reason, skip_conflicts=skip_conflicts, releases=releases
         )
         _mark_applied(undo, actor, result)
-        left = original.events.filter(inverted_by__isnull=True).count()
+        # The batch row is locked: no other undo of it can have run since the flips were read.
+        left = len(flips) - result.events
         if left == 0:
             original.state = BatchState.undone
             original.undone_at = result.recorded_at

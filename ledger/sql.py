@@ -12,7 +12,7 @@ import datetime
 import io
 import sys
 import uuid
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from django.db import connection
 
@@ -83,17 +83,20 @@ def db_now() -> datetime.datetime:
 POLL = 0.01  # seconds between rounds of attempts on rows still held by live traffic
 
 
-def shared_strings(values: Sequence, at: Container[int] | None = None) -> tuple:
+def shared_strings(values: Sequence, at: Iterable[int] | None = None) -> tuple:
     """``values`` with their strings (those at the positions ``at``, or all) interned.
 
     For rows held by the hundred thousand (a batch's flips, its locked rows): kinds and
     statuses are a handful of values, and one shared object each instead of one per row keeps
     a large batch's memory down. Unique strings (xform ids) are left out through ``at``.
     """
-    return tuple(
-        sys.intern(v) if type(v) is str and (at is None or i in at) else v
-        for i, v in enumerate(values)
-    )
+    if at is None:
+        return tuple(sys.intern(v) if type(v) is str else v for v in values)
+    row = list(values)
+    for i in at:
+        if type(row[i]) is str:
+            row[i] = sys.intern(row[i])
+    return tuple(row)
 
 
 def lock_rows_patiently(

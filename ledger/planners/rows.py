@@ -27,7 +27,7 @@ class PlannedRow(NamedTuple):
 
 
 # Positions of the fields that take a handful of values (see ledger.sql.shared_strings).
-FEW_VALUED = frozenset(
+FEW_VALUED = tuple(
     PlannedRow._fields.index(name)
     for name in ("entity_kind", "from_status", "to_status", "excluded")
 )
