@@ -128,13 +128,10 @@ def _lock_units(flips: Sequence[Flip], skip_busy: bool) -> _Now:
             members[work_id][pk] = status
     pairs = [(f.entity_kind, f.entity_id) for f in flips]
     latest = latest_events(pairs)
-    # An undo expects the event it inverts to be the latest still in force. Where it is the
-    # latest of all it is also in force (nothing inverted it yet), so only the others are looked
-    # up again — usually none.
     undoing = [
         (f.entity_kind, f.entity_id)
         for f in flips
-        if f.inverts_id is not None and latest.get(f.entity_kind, f.entity_id) != f.inverts_id
+        if f.inverts_id is not None and not _inverts_latest(f, latest)
     ]
     return _Now(works, visits, members, latest, latest_events(undoing, live=True), busy)
 
@@ -160,11 +157,20 @@ def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, objec
     return found
 
 
+def _inverts_latest(f: Flip, latest: Latest) -> bool:
+    """An undo flip whose inverted event is its entity's latest of all.
+
+    That event is then also the latest still in force (nothing inverted it yet), so the second
+    lookup, which passes over undone events, is needed only for the other undo flips — usually
+    none.
+    """
+    return latest.get(f.entity_kind, f.entity_id) == f.inverts_id
+
+
 def _expected_against(f: Flip, now: _Now) -> int | None:
     """The event an expectation is compared with: for an undo, the latest one still in force."""
-    latest = now.latest.get(f.entity_kind, f.entity_id)
-    if f.inverts_id is None or latest == f.inverts_id:
-        return latest
+    if f.inverts_id is None or _inverts_latest(f, now.latest):
+        return now.latest.get(f.entity_kind, f.entity_id)
     return now.live.get(f.entity_kind, f.entity_id)
 
 
