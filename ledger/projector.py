@@ -44,7 +44,16 @@ from ledger.head import lock_head, move_events
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
-from ledger.sql import CHUNK, db_now, ids_where, insert_rows, lock_rows_patiently, table
+from ledger.sql import (
+    CHUNK,
+    db_now,
+    ids_where,
+    insert_rows,
+    int_array,
+    lock_rows_patiently,
+    table,
+    text_array,
+)
 from ledger.state import Latest, batches_of, latest_events, members_text
 
 FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
@@ -225,7 +234,7 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
                 cursor.execute(
                     f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
                         WHERE id = ANY(%s::bigint[])""",
-                    [status, stamp, ids],
+                    [status, stamp, int_array(ids)],
                 )
             return
         ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
@@ -235,7 +244,7 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
                 FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])
                      AS u(id, status, modified)
                 WHERE t.id = u.id""",
-            [ids, statuses, stamps],
+            [int_array(ids), text_array(statuses), text_array(stamps)],
         )
 
 

@@ -21,6 +21,7 @@ from ledger.models import (
     AccrualRecompute,
     BatchState,
     CorrectionBatch,
+    CorrectionEvent,
     PlannedChange,
     Planner,
     RecomputeState,
@@ -35,7 +36,8 @@ from ledger.projector import Flip, project
 from ledger.reports import plan_report, scan_report
 from ledger.retry import SERIALIZATION_FAILURE, sqlstate, with_backoff
 from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_builtins
-from ledger.sql import db_now, insert_rows, shared_strings
+from ledger.sql import chunks, db_now, insert_rows, shared_strings, table
+from ledger.sql import cursor as sql_cursor
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -436,6 +438,17 @@ def _mark_applied(batch: CorrectionBatch, actor: Actor, result) -> None:
     )
 
 
+def _planned_rows(batch: CorrectionBatch) -> list[PlannedRow]:
+    """The batch's planned changes in digest order, read a chunk at a time as plain tuples."""
+    with sql_cursor(chunked=True) as cursor:
+        cursor.execute(
+            f"""SELECT {", ".join(PlannedRow._fields)} FROM {table(PlannedChange)}
+                WHERE batch_id = %s ORDER BY entity_kind, entity_id""",
+            [batch.pk],
+        )
+        return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
+
+
 def apply_batch(
     batch_id: str,
     operator: str | None = None,
@@ -459,12 +472,7 @@ def apply_batch(
                 f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
                 "--operator USERNAME --plan-digest DIGEST"
             )
-        rows = [
-            PlannedRow(*shared_strings(values, FEW_VALUED))
-            for values in batch.changes.order_by("entity_kind", "entity_id")
-            .values_list(*PlannedRow._fields)
-            .iterator(chunk_size=10_000)
-        ]
+        rows = _planned_rows(batch)
         if plan_digest(rows, presorted=True) != batch.plan_digest:
             raise WrongState(
                 f"batch {batch.pk}: its planned changes no longer match its plan digest "
@@ -511,6 +519,30 @@ def apply_batch(
     return report
 
 
+def _inverse_flips(original: CorrectionBatch) -> list[Flip]:
+    """The inverse of each of the batch's events not inverted yet, newest first: each restores
+    what its event overwrote and expects that event to be its entity's latest still."""
+    events = table(CorrectionEvent)
+    with sql_cursor(chunked=True) as cursor:
+        cursor.execute(
+            f"""SELECT e.id, e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
+                       e.access_id, e.xform_id, e.from_status, e.to_status,
+                       e.prior_status_modified_date, e.members
+                FROM {events} e
+                WHERE e.batch_id = %s
+                  AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)
+                ORDER BY e.id DESC""",
+            [original.pk],
+        )
+        return [
+            Flip(sys.intern(kind), entity_id, work_id, opp_id, access_id, xform_id,
+                 sys.intern(to_status), sys.intern(from_status), event_id, prior_modified,
+                 event_id, members)
+            for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
+                 from_status, to_status, prior_modified, members) in chunks(cursor)
+        ]  # fmt: skip
+
+
 def undo_batch(
     batch_id: str,
     reason: str,
@@ -537,19 +569,7 @@ def undo_batch(
             raise WrongState(
                 f"batch {original.pk} is {original.state}; only an applied batch can be undone"
             )
-        # Newest first, as plain tuples: the inverse of each event, restoring what it overwrote.
-        flips = [
-            Flip(sys.intern(kind), entity_id, work_id, opp_id, access_id, xform_id,
-                 sys.intern(to_status), sys.intern(from_status), event_id, prior_modified,
-                 event_id, members)
-            for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
-                 from_status, to_status, prior_modified, members)
-            in original.events.filter(inverted_by__isnull=True).order_by("-id").values_list(
-                "id", "entity_kind", "entity_id", "completed_work_id", "opportunity_id",
-                "access_id", "xform_id", "from_status", "to_status",
-                "prior_status_modified_date", "members",
-            ).iterator(chunk_size=10_000)
-        ]  # fmt: skip
+        flips = _inverse_flips(original)
         digest = plan_digest(
             PlannedRow(f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
                        f.access_id, f.xform_id, f.from_status, f.to_status, "", False,

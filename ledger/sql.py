@@ -12,7 +12,8 @@ import datetime
 import io
 import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from django.db import connection
 
@@ -73,6 +74,59 @@ def insert_rows(model, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     return count
 
 
+def int_array(values: Iterable[int]) -> str:
+    """An array parameter as PostgreSQL's array text, for ``%s::bigint[]``.
+
+    The drivers build array parameters element by element in Python (psycopg 3's list dumper
+    is not compiled); one joined string is about five times faster for a batch's hundred
+    thousand ids, and reads the same under both drivers.
+    """
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def _array_item(value) -> str:
+    if value is None:
+        return "NULL"
+    text = value.isoformat() if isinstance(value, datetime.datetime) else str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def text_array(values: Iterable) -> str:
+    """Strings or datetimes (None for NULL) as array text, for ``%s::text[]`` or
+    ``%s::timestamptz[]``; every element quoted, so no value can break out of its place."""
+    return "{" + ",".join(map(_array_item, values)) + "}"
+
+
+@contextmanager
+def cursor(*, chunked: bool = False) -> Iterator:
+    """A cursor that reads ``timestamptz`` values with the driver's compiled parser.
+
+    Django's psycopg 3 backend replaces the parser with a Python one that re-attaches the
+    connection's time zone, about seven times slower; the projector reads a timestamp per
+    locked row, hundreds of thousands per batch. Both give aware datetimes of the same
+    instant (the connection's time zone is UTC under ``USE_TZ``), and the change applies to
+    this cursor only. Under psycopg2 it is a plain cursor. ``chunked`` gives a server-side
+    cursor (inside a transaction) to read large results a :data:`CHUNK` at a time through
+    :func:`chunks`.
+    """
+    with connection.chunked_cursor() if chunked else connection.cursor() as wrapper:
+        raw = wrapper.cursor
+        adapters = getattr(raw, "adapters", None)
+        if adapters is not None:  # psycopg 3
+            import psycopg
+            from psycopg.pq import Format
+
+            oid = psycopg.adapters.types["timestamptz"].oid
+            adapters.register_loader(oid, psycopg.adapters.get_loader(oid, Format.TEXT))
+        yield wrapper
+
+
+def chunks(cur) -> Iterator[tuple]:
+    """The rows of an executed query, fetched :data:`CHUNK` at a time."""
+    while rows := cur.fetchmany(CHUNK):
+        yield from rows
+
+
 def db_now() -> datetime.datetime:
     """The database's clock. Every time the ledger records comes from it, not the app's."""
     with connection.cursor() as cursor:
@@ -123,21 +177,23 @@ def lock_rows_patiently(
 
     found: dict[int, tuple] = {}
     missing = sorted(set(ids))
-    with connection.cursor() as cursor:
+    with cursor() as cur:
         while missing:
             for start in range(0, len(missing), CHUNK):
-                cursor.execute(
+                cur.execute(
                     f"""SELECT id, {", ".join(columns)} FROM {table(model)}
                         WHERE id = ANY(%s::bigint[]) ORDER BY id FOR {strength} SKIP LOCKED""",
-                    [missing[start : start + CHUNK]],
+                    [int_array(missing[start : start + CHUNK])],
                 )
-                for row in cursor:
+                for row in cur:
                     found[row[0]] = shared_strings(row[1:])
             left = [pk for pk in missing if pk not in found]
             if not left:
                 break
-            cursor.execute(f"SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[])", [left])
-            held = sorted(pk for (pk,) in cursor.fetchall())
+            cur.execute(
+                f"SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[])", [int_array(left)]
+            )
+            held = sorted(pk for (pk,) in cur.fetchall())
             if held and time.monotonic() >= deadline:
                 if busy is not None:
                     busy.extend(held)
@@ -158,6 +214,7 @@ def ids_where(model, column: str, values: Sequence[int]) -> list[int]:
         return []
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {table(model)} WHERE {column} = ANY(%s::bigint[])", [list(values)]
+            f"SELECT id FROM {table(model)} WHERE {column} = ANY(%s::bigint[])",
+            [int_array(values)],
         )
         return [pk for (pk,) in cursor.fetchall()]

@@ -13,7 +13,7 @@ from django.db import connection
 
 from ledger.host import UserVisit
 from ledger.models import CorrectionEvent
-from ledger.sql import table
+from ledger.sql import int_array, table, text_array
 
 
 def members_text(members: dict[int, str]) -> str:
@@ -38,7 +38,7 @@ def work_members(work_ids: Iterable[int]) -> dict[int, str]:
             f"""SELECT completed_work_id, string_agg(id::text || ':' || status, ',' ORDER BY id)
                 FROM {table(UserVisit)} WHERE completed_work_id = ANY(%s::bigint[])
                 GROUP BY completed_work_id""",
-            [ids],
+            [int_array(ids)],
         )
         found.update(cursor.fetchall())
     return found
@@ -83,7 +83,7 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
                     WHERE e.entity_kind = u.kind AND e.entity_id = u.id {live_only}
                     ORDER BY e.id DESC LIMIT 1
                 ) l""",
-            [[k for k, _ in pairs], [i for _, i in pairs]],
+            [text_array(k for k, _ in pairs), int_array(i for _, i in pairs)],
         )
         for kind, pk, event_id in cursor:  # a row at a time: no list of them all
             found.by_kind.setdefault(kind, {})[pk] = event_id
