@@ -192,6 +192,23 @@ def test_deleting_the_last_event_is_caught(anchored):
     assert _problems(report, "lifecycle")  # the apply entry counted one more
 
 
+def test_a_copied_event_appended_with_its_hash_is_caught(applied):
+    """Event hashes are not indexed: a copy of an event, hash and all, is an ordinary insert
+    for the application's role. The chain tells it apart: its ``prev_hash`` is not the hash of
+    the event before it."""
+    columns = ", ".join((*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash"))
+    last = CorrectionEvent.objects.order_by("-id").first()
+    _sql(
+        f"INSERT INTO {EVENTS} ({columns}) SELECT {columns} FROM {EVENTS} WHERE id = %s", [last.pk]
+    )
+    assert CorrectionEvent.objects.filter(hash=last.hash).count() == 2
+    report = verify.run_checks(["chain"])
+    assert not report.ok
+    assert any(
+        "prev_hash is not the previous event's hash" in m for m in _problems(report, "chain")
+    )
+
+
 def test_erasing_a_batch_and_restoring_host_rows_is_caught(anchored):
     applied, log = anchored
     with _lift_all():
