@@ -43,6 +43,8 @@ from ledger.models import (
     EntityKind,
     PlannedChange,
 )
+from ledger.sql import chunks
+from ledger.sql import cursor as sql_cursor
 
 CHUNK_SIZE = 2000
 
@@ -480,30 +482,29 @@ def iter_status_as_of(
     """
     sql, params = _as_of_sql(resolved)
     params.append(as_of)
-    with connection.chunked_cursor() as cursor:
-        cursor.execute(sql, params)
-        while rows := cursor.fetchmany(chunk_size):
-            for kind, entity_id, l_id, l_to, l_at, l_n, f_id, f_from, f_at in rows:
-                if l_id is not None:
-                    yield EntityStatus(
-                        entity_kind=kind,
-                        entity_id=entity_id,
-                        status=l_to,
-                        basis="event",
-                        event_id=l_id,
-                        event_recorded_at=l_at,
-                        events_until_then=l_n,
-                    )
-                else:
-                    yield EntityStatus(
-                        entity_kind=kind,
-                        entity_id=entity_id,
-                        status=f_from,
-                        basis="before_first_event",
-                        event_id=f_id,
-                        event_recorded_at=f_at,
-                        events_until_then=0,
-                    )
+    with sql_cursor(chunked=True) as cur:
+        cur.execute(sql, params)
+        for kind, entity_id, l_id, l_to, l_at, l_n, f_id, f_from, f_at in chunks(cur, chunk_size):
+            if l_id is not None:
+                yield EntityStatus(
+                    entity_kind=kind,
+                    entity_id=entity_id,
+                    status=l_to,
+                    basis="event",
+                    event_id=l_id,
+                    event_recorded_at=l_at,
+                    events_until_then=l_n,
+                )
+            else:
+                yield EntityStatus(
+                    entity_kind=kind,
+                    entity_id=entity_id,
+                    status=f_from,
+                    basis="before_first_event",
+                    event_id=f_id,
+                    event_recorded_at=f_at,
+                    events_until_then=0,
+                )
 
 
 def status_as_of(kind: str, value: str, as_of: datetime.datetime) -> list[EntityStatus]:

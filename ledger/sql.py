@@ -121,9 +121,9 @@ def cursor(*, chunked: bool = False) -> Iterator:
         yield wrapper
 
 
-def chunks(cur) -> Iterator[tuple]:
-    """The rows of an executed query, fetched :data:`CHUNK` at a time."""
-    while rows := cur.fetchmany(CHUNK):
+def chunks(cur, size: int = CHUNK) -> Iterator[tuple]:
+    """The rows of an executed query, fetched ``size`` at a time."""
+    while rows := cur.fetchmany(size):
         yield from rows
 
 
