@@ -50,9 +50,7 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
     holder = connection.get_new_connection(connection.get_connection_params())
     holder.autocommit = False
     holding = holder.cursor()
-    holding.execute(
-        "SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR SHARE", [first]
-    )
+    holding.execute("SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR SHARE", [first])
     env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
     child = subprocess.Popen(
         [
