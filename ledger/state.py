@@ -16,6 +16,12 @@ from ledger.models import CorrectionEvent
 from ledger.sql import int_array, table, text_array
 
 
+def unit_of(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
+    """The unit an entity is flipped with: its completed work (with the work's visits), or a
+    visit without a work on its own."""
+    return ("completed_work", work_id) if work_id is not None else (kind, entity_id)
+
+
 def members_text(members: dict[int, str]) -> str:
     """A work's visits as ``id:status,…`` in id order (what plans and events record)."""
     return ",".join(f"{pk}:{status}" for pk, status in sorted(members.items()))

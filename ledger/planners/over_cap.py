@@ -158,23 +158,25 @@ def _parts_sql() -> str:
     )
 
 
-def rank_context(work_ids: list[int]) -> tuple[list[int], list[int]]:
-    """What the rank of these works depends on: the ids of every work of the same worker and
-    payment unit (over_limit ones included: one set back would move the rest), and of the
-    claim limits that cap them."""
+def rank_context(
+    work_ids: list[int],
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """What the rank of these works depends on, each with its (access, payment unit): every
+    work of the same worker and payment unit (over_limit ones included: one set back would
+    move the rest), and the claim limits that cap them."""
     rows = fetch(
         f"""WITH {_parts_sql()}
-            SELECT 'work', w.id FROM {table(CompletedWork)} w
+            SELECT 'work', w.id, w.opportunity_access_id, w.payment_unit_id
+            FROM {table(CompletedWork)} w
             JOIN parts p
               ON p.access_id = w.opportunity_access_id AND p.payment_unit_id = w.payment_unit_id
             UNION ALL
-            SELECT 'limit', id FROM limits""",
+            SELECT 'limit', id, access_id, payment_unit_id FROM limits""",
         {"works": int_array(work_ids)},
     )
-    return (
-        sorted(pk for kind, pk in rows if kind == "work"),
-        sorted(pk for kind, pk in rows if kind == "limit"),
-    )
+    works = {pk: (access, unit) for kind, pk, access, unit in rows if kind == "work"}
+    limits = {pk: (access, unit) for kind, pk, access, unit in rows if kind == "limit"}
+    return works, limits
 
 
 def ranks(work_ids: list[int]) -> dict[int, tuple[int | None, int | None]]:
