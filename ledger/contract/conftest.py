@@ -169,6 +169,7 @@ class World:
             opportunity_access=access,
             amount=amount,
             amount_usd=None,
+            date_paid=PAST,
             payment_unit=None,
             organization=None,
             invoice=None,

@@ -139,7 +139,7 @@ def test_a_list_naming_part_of_a_work_is_refused_or_expanded(world, corrections,
     refused = corrections(
         "plan", "visits", "--xform-ids", str(ids), "--reason", "contract", "--json"
     )
-    assert refused.code != 0
+    assert refused.code == 3
     assert f"work {work.pk}" in refused.err and second.xform_id in refused.err
     assert CorrectionBatch.objects.count() == batches  # nothing planned
 
@@ -220,12 +220,12 @@ def test_four_eyes_a_plan_is_applied_only_after_someone_else_approves_it(
     opp, _, _ = _over_cap_world(world)
     plan = _plan(corrections, opp)
     refused = corrections("apply", "--batch", plan["batch"])
-    assert refused.code != 0 and "has not been approved" in refused.err
+    assert refused.code == 4 and "has not been approved" in refused.err
     own = corrections(
         "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
         "--operator", planner,
     )  # fmt: skip
-    assert own.code != 0 and "someone else must approve" in own.err
+    assert own.code == 7 and "someone else must approve" in own.err
     approved = corrections(
         "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
         "--operator", reviewer,

@@ -127,8 +127,9 @@ def _visits(tmp_path: Path, to: str, *works) -> list[str]:
     return ["visits", "--xform-ids", str(path), "--to", to]
 
 
-def _series(world: World, access, unit, n: int, **kwargs) -> list:
-    return [world.work(access, unit, **kwargs) for _ in range(n)]
+def _works(world: World, access, unit, *labels: str, **kwargs) -> dict[str, object]:
+    """One work per label, in creation (and so cap-ranking) order."""
+    return {label: world.work(access, unit, **kwargs) for label in labels}
 
 
 # -- the scenarios -------------------------------------------------------------------------------
@@ -138,9 +139,9 @@ def build_usd_cap(world, tmp_path):
     opp = world.opportunity()
     unit = world.unit(opp, amount=100, org_amount=20)
     access = world.access(opp, {unit: 2})
-    w = _series(world, access, unit, 4)
+    works = _works(world, access, unit, "w1", "w2", "w3", "w4")
     world.settle(access)
-    return Built(_over_cap(opp), {"a": access}, dict(zip(["w1", "w2", "w3", "w4"], w)))
+    return Built(_over_cap(opp), {"a": access}, works)
 
 
 USD_CAP = Scenario(
@@ -161,9 +162,9 @@ def build_kes_rate(world, tmp_path):
     opp = world.opportunity("KES", KES)
     unit = world.unit(opp, amount=1300, org_amount=250)
     access = world.access(opp, {unit: 1})
-    w = _series(world, access, unit, 3)
+    works = _works(world, access, unit, "w1", "w2", "w3")
     world.settle(access)
-    return Built(_over_cap(opp), {"a": access}, dict(zip(["w1", "w2", "w3"], w)))
+    return Built(_over_cap(opp), {"a": access}, works)
 
 
 # 1300 / 129.5 = 10.0386… → 10.04; 250 / 129.5 = 1.9305… → 1.93
@@ -436,7 +437,7 @@ def _paid_world(world, *extra):
     opp = world.opportunity()
     unit = world.unit(opp, amount=100, org_amount=20)
     access = world.access(opp, {unit: 2})
-    works = dict(zip(["w1", "w2", "paid", "w4", "w5"], _series(world, access, unit, 5)))
+    works = _works(world, access, unit, "w1", "w2", "paid", "w4", "w5")
     world.settle(access)
     host.CompletedWork.objects.filter(pk=works["paid"].pk).update(payment_date=timezone.now())
     world.pay(access, D("450.00"))
@@ -479,8 +480,8 @@ def build_suspended(world, tmp_path):
     unit = world.unit(opp, amount=1300, org_amount=250)
     suspended = world.access(opp, {unit: 1}, suspended=True)
     within = world.access(opp, {unit: 2})
-    works = dict(zip(["s1", "s2", "s3"], _series(world, suspended, unit, 3)))
-    works.update(zip(["ok1", "ok2"], _series(world, within, unit, 2)))
+    works = _works(world, suspended, unit, "s1", "s2", "s3")
+    works.update(_works(world, within, unit, "ok1", "ok2"))
     world.settle(suspended, within)
     return Built(_over_cap(opp), {"suspended": suspended, "within": within}, works)
 
@@ -508,8 +509,8 @@ def build_skip_suspended(world, tmp_path):
     unit = world.unit(opp, amount=100, org_amount=20)
     worker = world.access(opp, {unit: 1})
     suspended = world.access(opp, {unit: 1}, suspended=True)
-    works = dict(zip(["w1", "w2"], _series(world, worker, unit, 2)))
-    works.update(zip(["s1", "s2", "s3"], _series(world, suspended, unit, 3)))
+    works = _works(world, worker, unit, "w1", "w2")
+    works.update(_works(world, suspended, unit, "s1", "s2", "s3"))
     world.settle(worker, suspended)
     return Built(
         _over_cap(opp, "--skip-suspended"), {"worker": worker, "suspended": suspended}, works
@@ -538,8 +539,8 @@ def build_two_units(world, tmp_path):
     small = world.unit(opp, amount=100, org_amount=20)
     large = world.unit(opp, amount=250, org_amount=40)
     access = world.access(opp, {small: 1, large: 2})
-    works = dict(zip(["s1", "s2", "s3"], _series(world, access, small, 3)))
-    works.update(zip(["l1", "l2", "l3"], _series(world, access, large, 3)))
+    works = _works(world, access, small, "s1", "s2", "s3")
+    works.update(_works(world, access, large, "l1", "l2", "l3"))
     world.settle(access)
     return Built(_over_cap(opp), {"a": access}, works)
 
@@ -588,8 +589,7 @@ def build_two_workers(world, tmp_path):
     accesses = {name: world.access(opp, {unit: 2}) for name in ("four", "three", "at-cap")}
     works = {}
     for name, n in (("four", 4), ("three", 3), ("at-cap", 2)):
-        for i, work in enumerate(_series(world, accesses[name], unit, n), start=1):
-            works[f"{name}-{i}"] = work
+        works.update(_works(world, accesses[name], unit, *(f"{name}-{i}" for i in range(1, n + 1))))
     world.settle(*accesses.values())
     return Built(_over_cap(opp), accesses, works)
 
@@ -621,7 +621,7 @@ def build_org_only(world, tmp_path):
     opp = world.opportunity("KES", KES)
     unit = world.unit(opp, amount=0, org_amount=75)
     access = world.access(opp, {unit: 1})
-    works = dict(zip(["w1", "w2"], _series(world, access, unit, 2)))
+    works = _works(world, access, unit, "w1", "w2")
     world.settle(access)
     return Built(_over_cap(opp), {"a": access}, works)
 
@@ -678,9 +678,9 @@ def _saved(works: dict[str, object]) -> dict[str, Saved]:
 
 def _accruals(accesses: dict[str, object]) -> dict[str, int]:
     held = dict(
-        host.OpportunityAccess.objects.filter(
-            pk__in=[a.pk for a in accesses.values()]
-        ).values_list("pk", "payment_accrued")
+        host.OpportunityAccess.objects.filter(pk__in=[a.pk for a in accesses.values()]).values_list(
+            "pk", "payment_accrued"
+        )
     )
     return {label: held[access.pk] for label, access in accesses.items()}
 

@@ -82,7 +82,7 @@ def test_a_refused_apply_frees_the_locks_at_once(host, run, redis_ledger):
     CompletedWork.objects.filter(pk=work.pk).update(status="rejected")  # a conflict
     counts = ledger_counts()
     result = run("apply", "--batch", batch)
-    assert result.code != 0
+    assert result.code == 5  # conflict
     assert ledger_counts() == counts
     assert _free(redis_ledger, access.pk)  # not left to expire after 15 minutes
 
@@ -117,7 +117,7 @@ def test_a_lock_held_too_long_makes_apply_give_up_having_written_nothing(
     try:
         counts = ledger_counts()
         result = run("apply", "--batch", batch)
-        assert result.code != 0
+        assert result.code == 6  # busy
         assert "gave up" in result.err and "nothing was written" in result.err
         assert ledger_counts() == counts
     finally:
