@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from decimal import Decimal
 
 import pytest
@@ -245,3 +246,32 @@ def test_verify_holds_the_record_after_apply_and_undo(world, corrections, apply)
     assert verified.code == 0, verified.out
     checks = {c["name"] for c in verified.json["checks"]}
     assert {"chain", "lifecycle", "plans", "accruals", "triggers"} <= checks
+
+
+def test_pricing_is_refused_without_a_stored_exchange_rate(world, corrections, tmp_path):
+    """Re-approving work is priced at today's rate; with none stored on or before today the
+    host would fetch one over the network in the middle of the dry run: refused instead."""
+    world.rate("XOF", datetime.date(2099, 1, 1), Decimal(600))  # a rate, but not yet in force
+    opp = world.opportunity("XOF")
+    unit = world.unit(opp, amount=6000, org_amount=600)
+    access = world.access(opp, {unit: 5})
+    work = world.work(access, unit, status="over_limit", visit_status="over_limit")
+    world.settle(access)
+    ids = tmp_path / "xforms.txt"
+    ids.write_text(
+        "\n".join(
+            host.UserVisit.objects.filter(completed_work=work).values_list("xform_id", flat=True)
+        )
+    )
+    batches = CorrectionBatch.objects.count()
+
+    refused = corrections(
+        "plan", "visits", "--xform-ids", str(ids), "--to", "approved", "--reason", "contract",
+        "--json",
+    )  # fmt: skip
+    assert refused.code == 3, refused.err
+    assert "no stored exchange rate on or before" in refused.err and "XOF" in refused.err
+    assert refused.json["error"] == "bad_input"
+    assert CorrectionBatch.objects.count() == batches  # nothing planned
+    work.refresh_from_db()
+    assert work.status == "over_limit"
