@@ -76,17 +76,15 @@ def test_batch_reverted_refuses_to_pass_without_recompute_rows(host, run):
         testing.assert_batch_reverted(batch)
 
 
-def test_batch_reverted_refuses_to_pass_without_events(host, run):
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
-    # Every planned work conflicts: apply skips them all and writes no event.
-    CompletedWork.objects.filter(opportunity_access=access).update(status="rejected")
-    assert run("apply", "--batch", batch, "--skip-conflicts").code == 0
-    assert not CorrectionEvent.objects.filter(batch_id=batch).exists()
-    assert run("undo", "--batch", batch, "--reason", "nothing to undo").code == 0
-    assert CorrectionBatch.objects.get(pk=batch).state == "undone"
-    with pytest.raises(AssertionError, match="no events"):
-        testing.assert_batch_reverted(batch)
+def test_batch_reverted_refuses_to_pass_without_events(db):
+    # A batch the records call undone, with an undo batch, and not one event to compare.
+    fields = {"reason": "r", "planned_by": "ledger-test", "plan_digest": "0" * 64}
+    batch = CorrectionBatch.objects.create(planner="visit_list", **fields)
+    CorrectionBatch.objects.create(planner="undo", reverts=batch, **fields)
+    for state in ("applied", "undone"):  # the moves the state guard allows
+        CorrectionBatch.objects.filter(pk=batch.pk).update(state=state)
+    with pytest.raises(AssertionError, match="has no events"):
+        testing.assert_batch_reverted(str(batch.pk))
 
 
 def test_append_only_passes_on_an_empty_ledger_and_leaves_nothing(db):
