@@ -93,9 +93,11 @@ test-wheel: wheel
 	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \
 		assert 'site-packages' in ledger.__file__, ledger.__file__; print('contract ran from', ledger.__file__)"
 
-# The ledger inside the real CommCare Connect (HOST: its checkout, at 8f79228b): the contract
+# The ledger inside the real CommCare Connect (HOST: its checkout, at 8f79228b): the stand-in's
+# comparisons with the host's source (tests/host, which skip without a checkout), the contract
 # suite, then the host's own full suite with the ledger installed. See host_test/README.md.
 HOST ?= /work/host
-host-test:
+host-test: $(STAMP)
+	HOST_CHECKOUT=$(HOST) $(PY) -m pytest tests/host $(PYTEST_ARGS)
 	HOST=$(HOST) host_test/run.sh contract
 	HOST=$(HOST) host_test/run.sh host-suite

@@ -18,6 +18,7 @@ MUST_HOLD = (
     "ledger/migrations/0001_initial.py",
     "ledger/templates/admin/ledger/input_filter.html",
     "ledger/contract/test_contract.py",
+    "ledger/contract/test_money_table.py",
     "ledger/contract/conftest.py",
     "ledger/locks.py",
     "ledger/host.py",
