@@ -116,12 +116,14 @@ def _store_plan(
     ticket: str,
     scope: dict,
     duplicate_entries: list[str],
+    pricing: str = "projection",
+    order_dependent: Iterable[int] = (),
 ) -> PlanReport:
     digest = plan_digest(rows)
     batch_id = uuid.uuid4()
     report = plan_report(
         str(batch_id), BatchState.planned, planner, reason, scope, digest, rows, prices,
-        duplicate_entries,
+        duplicate_entries, pricing=pricing, order_dependent=order_dependent,
     )  # fmt: skip
     with transaction.atomic():
         batch = CorrectionBatch.objects.create(
@@ -163,6 +165,7 @@ def _priced_plan(
     duplicate_entries: list[str] | None = None,
     *,
     insist: bool = False,
+    exact: bool = False,
     progress: Progress | None = None,
 ) -> PlanReport:
     """Price and store the rows as a planned batch; with nothing to flip, report and store none.
@@ -170,17 +173,20 @@ def _priced_plan(
     A plan must hold after the host's own recompute: a planned work the recompute would move
     elsewhere (a rejected visit makes it rejected, say) is left out with reason
     ``would_not_hold`` and the rest re-priced — or, for a list that insists on every unit it
-    names, the plan is refused.
+    names, the plan is refused. ``exact`` prices with the host's own code instead of the
+    projection of its rules (:mod:`ledger.pricing`).
     """
     duplicate_entries = duplicate_entries or []
+    method = "exact" if exact else "projection"
     rows = with_expectations(rows)
     prices: dict[int, AccessPrice] = {}
     for _ in range(PRICING_PASSES):
         if not any(not r.excluded for r in rows):
             return plan_report(
-                None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries
-            )
-        pricing = price(rows, progress)
+                None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries,
+                pricing=method,
+            )  # fmt: skip
+        pricing = price(rows, progress, exact=exact)
         prices = pricing.prices
         if not pricing.unstable:
             break
@@ -205,6 +211,8 @@ def _priced_plan(
         ticket=ticket,
         scope=scope,
         duplicate_entries=duplicate_entries,
+        pricing=method,
+        order_dependent=pricing.order_dependent,
     )
 
 
@@ -228,8 +236,10 @@ def plan_over_cap(
     skip_suspended: bool = False,
     ticket: str = "",
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> PlanReport:
-    """Plan the over-cap correction of explicit opportunities and price it."""
+    """Plan the over-cap correction of explicit opportunities and price it (``exact``: with
+    the host's own code, see :mod:`ledger.pricing`)."""
     reason = _require_reason(reason)
     ticket = _check_ticket(ticket)
     actor = people.actor(operator, people.PLAN)
@@ -242,7 +252,9 @@ def plan_over_cap(
         "include_paid": include_paid,
         "skip_suspended": skip_suspended,
     }
-    return _priced_plan(Planner.over_cap, rows, reason, actor, ticket, scope, progress=progress)
+    return _priced_plan(
+        Planner.over_cap, rows, reason, actor, ticket, scope, exact=exact, progress=progress
+    )
 
 
 def scan_over_cap() -> ScanReport:
@@ -259,8 +271,10 @@ def plan_visits(
     operator: str | None = None,
     ticket: str = "",
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> PlanReport:
-    """Plan a targeted fix of listed visits (and their completed works) and price it."""
+    """Plan a targeted fix of listed visits (and their completed works) and price it (``exact``:
+    with the host's own code, see :mod:`ledger.pricing`)."""
     reason = _require_reason(reason)
     ticket = _check_ticket(ticket)
     actor = people.actor(operator, people.PLAN)
@@ -278,7 +292,7 @@ def plan_visits(
     }
     return _priced_plan(
         Planner.visit_list, rows, reason, actor, ticket, scope, duplicates,
-        insist=True, progress=progress,
+        insist=True, exact=exact, progress=progress,
     )  # fmt: skip
 
 
