@@ -19,6 +19,7 @@ MUST_HOLD = (
     "ledger/templates/admin/ledger/input_filter.html",
     "ledger/contract/test_contract.py",
     "ledger/contract/conftest.py",
+    "ledger/contract/test_pricing_projection.py",
     "ledger/locks.py",
     "ledger/host.py",
 )
