@@ -108,9 +108,11 @@ class Projection:
 
 _SQL = """
 WITH planned_works AS (
-    SELECT * FROM unnest(%(work_ids)s::bigint[], %(work_to)s::text[]) AS p(id, status)
+    SELECT p.id, (%(statuses)s::text[])[p.k] AS status
+    FROM unnest(%(work_ids)s::bigint[], %(work_to)s::int[]) AS p(id, k)
 ), planned_visits AS (
-    SELECT * FROM unnest(%(visit_ids)s::bigint[], %(visit_to)s::text[]) AS p(id, status)
+    SELECT p.id, (%(statuses)s::text[])[p.k] AS status
+    FROM unnest(%(visit_ids)s::bigint[], %(visit_to)s::int[]) AS p(id, k)
 ), works AS (
     SELECT w.id, w.opportunity_access_id AS access_id, w.payment_unit_id AS unit_id,
            w.entity_id, COALESCE(p.status, w.status) AS status,
@@ -415,15 +417,20 @@ def _after(row: _Row, completed: int, approved: int, rate_of: _Rates) -> WorkAft
 
 
 def _flip_arrays(flips: Iterable[PlannedRow]) -> dict[str, str]:
+    """The flips as arrays: ids, and each one's target as a position in ``statuses`` (a
+    handful of values; one small integer per row is much cheaper to send than text)."""
     works: dict[int, str] = {}
     visits: dict[int, str] = {}
     for r in flips:
         (works if r.entity_kind == EntityKind.completed_work else visits)[r.entity_id] = r.to_status
+    statuses = sorted(set(works.values()) | set(visits.values()))
+    position = {status: n for n, status in enumerate(statuses, start=1)}
     return {
+        "statuses": text_array(statuses),
         "work_ids": int_array(works),
-        "work_to": text_array(works.values()),
+        "work_to": int_array(position[s] for s in works.values()),
         "visit_ids": int_array(visits),
-        "visit_to": text_array(visits.values()),
+        "visit_to": int_array(position[s] for s in visits.values()),
     }
 
 

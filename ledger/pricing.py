@@ -17,13 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Sum
-
-from ledger import accrual_rules, host
+from ledger import accrual_rules
 from ledger.accrual_rules import AccessSums
-from ledger.host import OpportunityAccess, Payment
+from ledger.host import Currency, Opportunity, OpportunityAccess, Payment
 from ledger.planners.rows import PlannedRow
-from ledger.sql import db_now, read_only_snapshot
+from ledger.sql import cursor, db_now, int_array, read_only_snapshot, table
 
 ZERO = Decimal(0)
 
@@ -65,32 +63,39 @@ class Pricing:
 
 
 def _described(access_ids: list[int]) -> dict[int, AccessPrice]:
-    """Who and what each access is, its accrual now and what it has been paid."""
-    accesses = list(
-        OpportunityAccess.objects.filter(pk__in=access_ids).select_related("opportunity", "user")
-    )
-    currencies = host.currency_codes({a.opportunity_id for a in accesses})
-    paid = dict(
-        Payment.objects.filter(opportunity_access_id__in=access_ids)
-        .values("opportunity_access_id")
-        .annotate(total=Sum("amount"))
-        .order_by()
-        .values_list("opportunity_access_id", "total")
-    )
-    return {
-        a.pk: AccessPrice(
-            access_id=a.pk,
-            opportunity_id=a.opportunity_id,
-            opportunity=str(a.opportunity.opportunity_id),
-            worker=a.user.username or a.user.name or str(a.user_id),
-            currency=currencies.get(a.opportunity_id) or "",
-            suspended=a.suspended,
-            accrual_now=a.payment_accrued,
-            works_accrued_now=0,
-            paid_to_date=paid.get(a.pk) or ZERO,
+    """Who and what each access is, its accrual now and what it has been paid (one query)."""
+    User = OpportunityAccess._meta.get_field("user").related_model
+    with cursor() as cur:
+        cur.execute(
+            f"""SELECT a.id, a.opportunity_id, o.opportunity_id::text, u.username, u.name,
+                       a.user_id, cur.code, a.suspended, a.payment_accrued, p.paid
+                FROM {table(OpportunityAccess)} a
+                JOIN {table(Opportunity)} o ON o.id = a.opportunity_id
+                JOIN {table(User)} u ON u.id = a.user_id
+                LEFT JOIN {table(Currency)} cur ON cur.code = o.currency_id
+                LEFT JOIN (
+                    SELECT opportunity_access_id AS id, sum(amount) AS paid FROM {table(Payment)}
+                    WHERE opportunity_access_id = ANY(%(ids)s::bigint[]) GROUP BY 1
+                ) p ON p.id = a.id
+                WHERE a.id = ANY(%(ids)s::bigint[])""",
+            {"ids": int_array(access_ids)},
         )
-        for a in accesses
-    }
+        rows = cur.fetchall()
+    return {
+        pk: AccessPrice(
+            access_id=pk,
+            opportunity_id=opportunity_id,
+            opportunity=opportunity,
+            worker=username or name or str(user_id),
+            currency=code or "",
+            suspended=suspended,
+            accrual_now=accrued,
+            works_accrued_now=0,
+            paid_to_date=paid or ZERO,
+        )
+        for (pk, opportunity_id, opportunity, username, name, user_id, code, suspended, accrued,
+             paid) in rows
+    }  # fmt: skip
 
 
 def _priced(described: dict[int, AccessPrice], sums: dict[int, AccessSums]) -> dict:

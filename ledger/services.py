@@ -139,7 +139,7 @@ def _store_plan(
         insert_rows(
             PlannedChange,
             ("batch_id", *PlannedRow._fields),
-            ((batch.pk, *row) for row in rows),
+            ((batch_id, *row) for row in rows),
         )
         entries.record(batch, "plan", actor, entries.plan_details(batch))
     return report
