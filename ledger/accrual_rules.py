@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import datetime
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import groupby
@@ -113,15 +113,22 @@ WITH planned_works AS (
 ), planned_visits AS (
     SELECT p.id, (%(statuses)s::text[])[p.k] AS status
     FROM unnest(%(visit_ids)s::bigint[], %(visit_to)s::int[]) AS p(id, k)
+), restored AS (
+    SELECT * FROM unnest(%(restored_ids)s::bigint[], %(restored_stamps)s::timestamptz[])
+        AS r(id, stamp)
 ), works AS (
+    -- a flipped work carries the apply's time, or the date an undo restores (NULL included)
     SELECT w.id, w.opportunity_access_id AS access_id, w.payment_unit_id AS unit_id,
            w.entity_id, COALESCE(p.status, w.status) AS status,
-           CASE WHEN p.id IS NULL THEN w.status_modified_date ELSE %(now)s END AS modified,
+           CASE WHEN p.id IS NULL THEN w.status_modified_date
+                WHEN r.id IS NOT NULL THEN r.stamp
+                ELSE %(now)s END AS modified,
            w.saved_completed_count, w.saved_approved_count, w.saved_payment_accrued,
            w.saved_payment_accrued_usd, w.saved_org_payment_accrued,
            w.saved_org_payment_accrued_usd
     FROM {work} w
     LEFT JOIN planned_works p ON p.id = w.id
+    LEFT JOIN restored r ON r.id = w.id
     WHERE w.opportunity_access_id = ANY(%(accesses)s::bigint[])
 ), per_unit AS (
     -- each work's visits per deliver unit, with the planned visit statuses
@@ -416,21 +423,28 @@ def _after(row: _Row, completed: int, approved: int, rate_of: _Rates) -> WorkAft
 # -- the projection -----------------------------------------------------------------------------
 
 
-def _flip_arrays(flips: Iterable[PlannedRow]) -> dict[str, str]:
+def _flip_arrays(
+    flips: Iterable[PlannedRow], stamps: Mapping[tuple[str, int], object]
+) -> dict[str, str]:
     """The flips as arrays: ids, and each one's target as a position in ``statuses`` (a
-    handful of values; one small integer per row is much cheaper to send than text)."""
+    handful of values; one small integer per row is much cheaper to send than text); and the
+    works whose flip restores a date of its own (an undo), with that date."""
+    work_kind = EntityKind.completed_work.value
     works: dict[int, str] = {}
     visits: dict[int, str] = {}
     for r in flips:
-        (works if r.entity_kind == EntityKind.completed_work else visits)[r.entity_id] = r.to_status
+        (works if r.entity_kind == work_kind else visits)[r.entity_id] = r.to_status
     statuses = sorted(set(works.values()) | set(visits.values()))
     position = {status: n for n, status in enumerate(statuses, start=1)}
+    restored = {pk: stamps[(work_kind, pk)] for pk in works if (work_kind, pk) in stamps}
     return {
         "statuses": text_array(statuses),
         "work_ids": int_array(works),
         "work_to": int_array(position[s] for s in works.values()),
         "visit_ids": int_array(visits),
         "visit_to": int_array(position[s] for s in visits.values()),
+        "restored_ids": int_array(restored),
+        "restored_stamps": text_array(restored.values()),
     }
 
 
@@ -446,18 +460,20 @@ def project(
     access_ids: Iterable[int],
     *,
     now: datetime.datetime,
+    stamps: Mapping[tuple[str, int], object] | None = None,
     keep_works: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Projection:
     """The host's recompute of ``access_ids`` after ``flips`` are applied at ``now``.
 
-    ``flips`` are the rows that will be flipped (none excluded). Reads only; call it inside a
-    read-only repeatable-read transaction so every read sees the same snapshot.
+    ``flips`` are the rows that will be flipped (none excluded); ``stamps`` the
+    ``status_modified_date`` an undo restores, by (entity kind, id). Reads only; call it inside
+    a read-only repeatable-read transaction so every read sees the same snapshot.
     """
     access_ids = sorted(set(access_ids))
     tz = timezone.get_default_timezone_name() if settings.USE_TZ else "UTC"
     params = {
-        **_flip_arrays(flips),
+        **_flip_arrays(flips, stamps or {}),
         "accesses": int_array(access_ids),
         "now": now,
         "today": timezone.localdate(now) if settings.USE_TZ else now.date(),

@@ -13,7 +13,7 @@ rows for as long as it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -114,15 +114,18 @@ def _priced(described: dict[int, AccessPrice], sums: dict[int, AccessSums]) -> d
 def price(
     rows: Iterable[PlannedRow],
     progress: Callable[[str], None] | None = None,
+    stamps: Mapping[tuple[str, int], object] | None = None,
     *,
     exact: bool = False,
 ) -> Pricing:
     """Per access: the accrual change the flips in ``rows`` would cause, by the host's rules;
     and the planned works whose planned status the host's recompute would not keep.
 
-    Rows of any target status price alike (an undo's inverse rows too). A plan whose pricing
-    needs an exchange rate that is not stored is refused: the host would fetch it over the
-    network in the middle of its recompute.
+    Rows of any target status price alike. ``stamps`` maps (entity kind, id) to the
+    ``status_modified_date`` a flip restores (an undo; ``None`` restores no date); every other
+    flip is stamped with the apply's time, as the projector does. A plan whose pricing needs an
+    exchange rate that is not stored is refused: the host would fetch it over the network in
+    the middle of its recompute.
     """
     flips = [r for r in rows if not r.excluded]
     access_ids = sorted({r.access_id for r in flips if r.access_id is not None})
@@ -135,12 +138,14 @@ def price(
         described = _described(access_ids)
         # Read in the same snapshot: refuses a plan that would make the host fetch a rate,
         # before the exact path would run the host's code into that fetch.
-        projection = accrual_rules.project(flips, described, now=db_now(), progress=progress)
+        projection = accrual_rules.project(
+            flips, described, now=db_now(), stamps=stamps, progress=progress
+        )
     if not exact:
         prices = _priced(described, projection.sums)
         return Pricing(prices, projection.unstable, projection.order_dependent)
 
     from ledger import pricing_exact
 
-    sums, unstable = pricing_exact.simulate(flips, sorted(described), progress)
+    sums, unstable = pricing_exact.simulate(flips, sorted(described), progress, stamps=stamps)
     return Pricing(_priced(described, sums), unstable, projection.order_dependent)

@@ -12,7 +12,7 @@ batch of thousands of workers, during which their submissions wait. The default 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 from django.db import connection, transaction
@@ -36,22 +36,25 @@ _FIGURES = (
 )
 
 
-def _write_statuses(model, pairs: list[tuple[int, str]], stamp, deadline: float) -> None:
-    """Write statuses as the projector will: the new status and ``status_modified_date``.
+def _write_statuses(model, rows: list[tuple[int, str, object]], deadline: float) -> None:
+    """Write (id, status, stamp) as the projector will: the status and
+    ``status_modified_date``.
 
     The stamp matters: the host prices approved work in USD at the rate of the day its status
-    changed. Rows are locked first without waiting, as the projector locks them: a dry run must
-    not queue behind live traffic while holding rows it needs either.
+    changed (an undo restores each row's earlier stamp). Rows are locked first without
+    waiting, as the projector locks them: a dry run must not queue behind live traffic while
+    holding rows it needs either.
     """
-    if not pairs:
+    if not rows:
         return
-    ids = [p[0] for p in pairs]
+    ids = [r[0] for r in rows]
     lock_rows_patiently(model, ("status",), ids, strength="UPDATE", deadline=deadline)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = %s
-                FROM unnest(%s::bigint[], %s::text[]) AS u(id, status) WHERE t.id = u.id""",
-            [stamp, int_array(ids), text_array(p[1] for p in pairs)],
+            f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = u.stamp
+                FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS u(id, status, stamp)
+                WHERE t.id = u.id""",
+            [int_array(ids), text_array(r[1] for r in rows), text_array(r[2] for r in rows)],
         )
 
 
@@ -88,11 +91,10 @@ def _simulate_once(
     access_ids: list[int],
     progress: Callable[[str], None] | None,
     works: dict[int, WorkAfter] | None,
+    stamps: Mapping[tuple[str, int], object],
 ) -> tuple[dict[int, AccessSums], dict[int, str]]:
     """Flip, let the host recompute, read the figures, roll back. One attempt."""
-    work_flips = [(r.entity_id, r.to_status) for r in flips if r.entity_kind != EntityKind.visit]
-    visit_flips = [(r.entity_id, r.to_status) for r in flips if r.entity_kind == EntityKind.visit]
-    planned = dict(work_flips)
+    planned = {r.entity_id: r.to_status for r in flips if r.entity_kind != EntityKind.visit}
     deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
     with transaction.atomic():
         stamp = db_now()
@@ -107,8 +109,17 @@ def _simulate_once(
         )
         lock_rows_patiently(OpportunityAccess, ("payment_accrued",), access_ids, deadline=deadline)
         before = _works(access_ids)  # the saved figures as they are
-        _write_statuses(CompletedWork, work_flips, stamp, deadline)
-        _write_statuses(UserVisit, visit_flips, stamp, deadline)
+        for model, kind in ((CompletedWork, "completed_work"), (UserVisit, "visit")):
+            # The projector's stamp: the apply's time, or the date an undo restores.
+            _write_statuses(
+                model,
+                [
+                    (r.entity_id, r.to_status, stamps.get((kind, r.entity_id), stamp))
+                    for r in flips
+                    if r.entity_kind == kind
+                ],
+                deadline,
+            )
         accesses = OpportunityAccess.objects.filter(pk__in=access_ids).select_related("opportunity")
         total, shown = len(access_ids), time.monotonic()
         for done, access in enumerate(accesses.order_by("pk"), start=1):
@@ -131,13 +142,15 @@ def simulate(
     access_ids: list[int],
     progress: Callable[[str], None] | None = None,
     *,
+    stamps: Mapping[tuple[str, int], object] | None = None,
     works: dict[int, WorkAfter] | None = None,
 ) -> tuple[dict[int, AccessSums], dict[int, str]]:
     """Per access, the saved pay now and after the host's recompute of the flipped rows; and
-    the planned works that recompute would not keep. ``works``, when given, receives every
-    work as the host's code left it."""
+    the planned works that recompute would not keep. ``stamps``: the dates an undo restores,
+    by (entity kind, id). ``works``, when given, receives every work as the host's code left
+    it."""
     return with_backoff(
-        lambda: _simulate_once(flips, access_ids, progress, works),
+        lambda: _simulate_once(flips, access_ids, progress, works, stamps or {}),
         deadline_seconds=conf.get("RETRY_SECONDS"),
         progress=progress,
         what="pricing",

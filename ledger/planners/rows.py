@@ -24,6 +24,11 @@ class PlannedRow(NamedTuple):
     suspended: bool
     prev_event_id: int | None = None  # the entity's latest ledger event when planned
     members: str | None = None  # a work's visits when planned ("id:status,…")
+    # The unit's work when planned: paid (``payment_date`` set) and invoiced. Apply re-checks
+    # both under its locks (ledger.assumptions): a work paid during review is not what was
+    # priced and approved.
+    paid: bool = False
+    invoiced: bool = False
 
 
 # Positions of the fields that take a handful of values (see ledger.sql.shared_strings).
@@ -31,6 +36,9 @@ FEW_VALUED = tuple(
     PlannedRow._fields.index(name)
     for name in ("entity_kind", "from_status", "to_status", "excluded")
 )
+
+
+_EXPECTED = PlannedRow._fields.index("prev_event_id")
 
 
 def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
@@ -43,10 +51,11 @@ def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
     latest_work = latest.by_kind.get(work, {}).get
     latest_visit = latest.by_kind.get("visit", {}).get
     make = PlannedRow._make  # a tuple each: _replace builds a dict per row
+    head, tail = _EXPECTED, _EXPECTED + 2  # prev_event_id and members sit between them
     return [
-        make((*r[:10], latest_work(r[1]), members.get(r[1])))
+        make((*r[:head], latest_work(r[1]), members.get(r[1]), *r[tail:]))
         if r[0] == work
-        else make((*r[:10], latest_visit(r[1]), None))
+        else make((*r[:head], latest_visit(r[1]), None, *r[tail:]))
         for r in rows
     ]
 
