@@ -5,10 +5,11 @@ currencies with rates changing across dates; payment-unit trees (children, grand
 without deliver units, with optional ones); works of every status, some without visits, some
 with a null entity, paid ones, stale saved figures; visits of every status and review status,
 some on another unit's deliver unit — then random flips of works with their visits and of lone
-visits, to every status. The projection (:mod:`ledger.accrual_rules`) is compared with the
-host's ``update_status`` run over each access in a rolled-back transaction
-(:mod:`ledger.pricing_exact`, the ``plan --exact`` path): every work's status and saved figures,
-every access's accrual and pay sums, and the planned works the recompute would not keep.
+visits, to every status, some restoring a date of their own as an undo does. The projection
+(:mod:`ledger.accrual_rules`) is compared with the host's ``update_status`` run over each
+access in a rolled-back transaction (:mod:`ledger.pricing_exact`, the ``plan --exact`` path):
+every work's status and saved figures, every access's accrual and pay sums, and the planned
+works the recompute would not keep.
 
 Data is created set-based (``bulk_create``) so a thousand accesses build in seconds. The seed
 is random unless ``LEDGER_PRICING_SEED`` is set, and is printed with any failure:
@@ -298,11 +299,20 @@ def test_the_projection_equals_the_hosts_recompute_on_random_accesses(transactio
     rows = _flips(rng, accesses)
     access_ids = sorted({r.access_id for r in rows})
     assert len(access_ids) >= ACCESSES
+    # As an undo does, some flips restore a date of their own (or none) instead of the apply's.
+    world_day = RandomWorld(rng)._day
+    stamps = {
+        (r.entity_kind, r.entity_id): None if rng.random() < 0.1 else world_day()
+        for r in rows
+        if rng.random() < 0.25
+    }
 
     with read_only_snapshot():
-        projection = accrual_rules.project(rows, access_ids, now=db_now(), keep_works=True)
+        projection = accrual_rules.project(
+            rows, access_ids, now=db_now(), stamps=stamps, keep_works=True
+        )
     hosted: dict = {}
-    sums, unstable = pricing_exact.simulate(rows, access_ids, works=hosted)
+    sums, unstable = pricing_exact.simulate(rows, access_ids, stamps=stamps, works=hosted)
 
     differences = _differences(projection.works, hosted)
     assert not differences, (
@@ -321,7 +331,7 @@ def test_the_projection_equals_the_hosts_recompute_on_random_accesses(transactio
     assert unstable, f"seed {seed}: no planned work the host would move; the test is too tame"
 
     # price() reports the same per access, and what the access's accrual becomes.
-    priced = pricing.price(rows)
+    priced = pricing.price(rows, stamps=stamps)
     for access_id, p in priced.prices.items():
         s = sums[access_id]
         assert (p.works_accrued_now, p.projected_accrual) == (s.pay_now, s.pay_after), seed
