@@ -493,7 +493,7 @@ def project(
     works: dict[int, WorkAfter] | None = {} if keep_works else None
     order_dependent: set[int] = set()
     rate_of = _Rates()
-    pending_units: list[list[_Row]] = []  # accesses whose works have parent units
+    walked: list[list[_Row]] = []  # accesses with works of units that have child units
 
     def settle(access_works: list[_Row], counts: dict[int, tuple] | None) -> None:
         s = sums[access_works[0].access_id]
@@ -522,15 +522,15 @@ def project(
     for _, group in groupby(_rows(params), key=lambda r: r.access_id):
         access_works = list(group)
         if any(w.unit_id in parents for w in access_works):
-            pending_units.append(access_works)
+            walked.append(access_works)
         else:
             settle(access_works, None)
         seen += 1
         if progress and seen % 1000 == 0:
             progress(f"projected {seen}/{len(access_ids)} accesses")
-    if pending_units:
-        children = _child_units(w.unit_id for ws in pending_units for w in ws)
-        for access_works in pending_units:
+    if walked:
+        children = _child_units(w.unit_id for ws in walked for w in ws)
+        for access_works in walked:
             counts, dependent = _walk(access_works, children)
             if dependent:
                 order_dependent.add(access_works[0].access_id)
