@@ -20,6 +20,7 @@ MUST_HOLD = (
     "ledger/contract/test_contract.py",
     "ledger/contract/test_money_table.py",
     "ledger/contract/conftest.py",
+    "ledger/contract/test_pricing_projection.py",
     "ledger/locks.py",
     "ledger/host.py",
 )

@@ -245,3 +245,31 @@ def test_a_fifo_is_refused_without_waiting(db, tmp_path):
             f"corrections: {'export' if args[0] == 'check-export' else 'visit id'} file "
             f"{fifo} is not a regular file"
         ]
+
+
+# -- pricing: the projection by default, the host's own code with --exact ---------------------
+
+
+def _money(plan: dict) -> list[tuple]:
+    return [
+        (a["access_id"], a["accrual_now"], a["projected_accrual"], a["worker_accrual_change"],
+         a["worker_accrual_change_usd"], a["org_accrual_change"], a["org_accrual_change_usd"])
+        for a in plan["accesses"]
+    ]  # fmt: skip
+
+
+def test_plan_exact_prices_with_the_hosts_code_and_agrees(world):
+    args = ("plan", "over-cap", "--opportunity", world.opp_b, "--reason", "r", "--json")
+    projected = run_limited(*args)
+    exact = run_limited(*args, "--exact")
+    assert projected.code == exact.code == 0, projected.err + exact.err
+    assert projected.json["pricing"] == "projection" and exact.json["pricing"] == "exact"
+    assert _money(projected.json) and _money(projected.json) == _money(exact.json)
+    table = run_limited(*args[:-1], "--exact")
+    assert "Priced by the host's own recompute" in table.out
+
+
+def test_exact_is_refused_with_all():
+    result = run_limited("plan", "over-cap", "--all", "--exact")
+    assert result.code == 3
+    assert "drop --exact" in result.err
