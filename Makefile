@@ -10,7 +10,7 @@ BENCH_VISITS ?= 1000000
 
 REQUIREMENTS := pyproject.toml requirements/standalone.txt requirements/dev.txt
 
-.PHONY: demo test test-psycopg2 lint format bench bench-small clean-db venv wheel test-wheel host-test
+.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small clean-db venv wheel test-wheel host-test
 
 venv: $(STAMP)
 
@@ -65,6 +65,13 @@ $(VENV2)/.installed: $(REQUIREMENTS)
 	$(VENV2)/bin/python -m pip install --quiet -r $(VENV2)/requirements.txt "$(PSYCOPG2)"
 	$(VENV2)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# The six-submitter live-traffic test under psycopg2 with the host's Redis lock: the host's own
+# driver and lock together (slow; CI runs it once).
+test-psycopg2-live: $(VENV2)/.installed
+	$(VENV2)/bin/python -m pytest \
+		"tests/ledger/test_live_traffic.py::test_live_submissions_never_fail_during_apply_and_undo[redis-1]" \
+		$(PYTEST_ARGS)
 
 test-psycopg2: $(VENV2)/.installed
 	$(VENV2)/bin/python -c "import importlib.util as u; assert not u.find_spec('psycopg'), 'psycopg 3 present'"

@@ -12,10 +12,11 @@ moves wrongly when any of it changes while the plan waits for review:
   depends on rows outside the batch: the worker's other works of the same payment unit (one
   set over_limit since moves the next one back within the cap) and the claim limit itself.
 
-:meth:`Assumptions.check` runs inside the projector's transaction once it holds the chain head,
-the accrual locks and the units' rows, and first locks the rows those facts live in — the
-accesses and, for over-cap plans, every work of the same worker and payment unit and their
-claim limits — ``FOR SHARE``, without ever waiting (:func:`ledger.sql.lock_rows_patiently`).
+For over-cap plans :meth:`Assumptions.lock_caps` locks the claim limits right after the chain
+head, in the host's own order. :meth:`Assumptions.check` runs once the projector holds the
+accrual locks and the units' rows, and first locks the rest of what the facts live in — the
+accesses and, for over-cap plans, the works ranked before the planned ones — ``FOR SHARE``,
+without ever waiting (:func:`ledger.sql.lock_rows_patiently`).
 The host's writers respect row locks, so none of them can change what was checked before the
 apply commits: a request that updates one of those rows waits for the commit. Payments are the
 exception: a new ``Payment`` row is an insert no row lock stops, so the paid-to-date figure is
@@ -65,9 +66,11 @@ class Assumptions:
     paid_to_date: Mapping[int, Decimal] = field(default_factory=dict)
     # Whether each planned work must still rank past its worker's cap (the over-cap rule).
     past_cap: bool = False
-    # Filled by lock_caps: each work of the planned works' (worker, payment unit) partitions,
-    # with its partition, and the partitions whose claim limit live traffic kept.
+    # Filled by lock_caps, each with its (worker, payment unit) partition: the planned works,
+    # the works ranked before them that their rank depends on, and the partitions whose claim
+    # limit live traffic kept.
     _partition_of: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _before: dict[int, tuple[int, int]] = field(default_factory=dict)
     _held_partitions: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
@@ -101,7 +104,7 @@ class Assumptions:
         """
         if not self.past_cap or not self.payment:
             return
-        self._partition_of, limits = over_cap.rank_context(sorted(self.payment))
+        self._partition_of, self._before, limits = over_cap.rank_context(sorted(self.payment))
         held: list[int] | None = [] if skipping else None
         lock_rows_patiently(
             OpportunityClaimLimit, ("max_visits",), sorted(limits), strength="SHARE",
@@ -183,23 +186,19 @@ class Assumptions:
         """Each planned work's rank past its cap, under locks on what the rank depends on.
 
         The claim limits are held (:meth:`lock_caps`) and the planned works too (``FOR
-        UPDATE``, by the projector); the worker's other works of the unit are locked here, so
-        an edit of one by a PM, the admin or another batch waits for the commit.
+        UPDATE``, by the projector); the works ranked before them are locked here, so an edit
+        of one by a PM, the admin or another batch waits for the commit. (A planned work
+        skipped as busy is past the cap itself: whatever becomes of it cannot bring a later
+        one back within the cap.)
         """
-        # Planned works skipped as busy are left out: a planned work is past the cap itself,
-        # so whatever becomes of it cannot bring a later one back within the cap.
-        others = sorted(
-            pk
-            for pk in self._partition_of
-            if pk not in works_now and (busy is None or (WORK, pk) not in busy)
-        )
+        others = sorted(pk for pk in self._before if pk not in works_now)
         held_works: list[int] | None = [] if busy is not None else None
         lock_rows_patiently(
             CompletedWork, ("status",), others, strength="SHARE", deadline=deadline,
             busy=held_works,
         )  # fmt: skip
         if held_works:
-            parts = {self._partition_of[pk] for pk in held_works}
+            parts = {self._before[pk] for pk in held_works}
             held(units[(WORK, pk)] for pk in work_ids if self._partition_of.get(pk) in parts)
             work_ids = [pk for pk in work_ids if (WORK, pk) not in busy]
         problems = []
