@@ -15,7 +15,7 @@ from typing import TypeVar
 from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 
-from ledger import accruals, conf, entries, host, people
+from ledger import accruals, conf, digests, entries, host, people
 from ledger.errors import LedgerError, NotFound, WrongState
 from ledger.models import (
     AccrualRecompute,
@@ -442,8 +442,8 @@ def _planned_rows(batch: CorrectionBatch) -> list[PlannedRow]:
     """The batch's planned changes in digest order, read a chunk at a time as plain tuples."""
     with sql_cursor(chunked=True) as cursor:
         cursor.execute(
-            f"""SELECT {", ".join(PlannedRow._fields)} FROM {table(PlannedChange)}
-                WHERE batch_id = %s ORDER BY entity_kind, entity_id""",
+            f"""SELECT {", ".join(PlannedRow._fields)} FROM {table(PlannedChange)} p
+                WHERE batch_id = %s ORDER BY {digests.sql_order("p")}""",
             [batch.pk],
         )
         return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
@@ -471,6 +471,11 @@ def apply_batch(
                 f"batch {batch.pk} has not been approved: a reviewer other than "
                 f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
                 "--operator USERNAME --plan-digest DIGEST"
+            )
+        if batch.digest_format != digests.CURRENT_FORMAT:
+            raise WrongState(
+                f"batch {batch.pk} was planned with plan digest format {batch.digest_format}, "
+                "which does not cover every column apply uses; plan it again"
             )
         rows = _planned_rows(batch)
         if plan_digest(rows, presorted=True) != batch.plan_digest:

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from commcare_connect.demo.incident import IncidentData, build_incident
 from ledger import chain, services
 from ledger.models import BatchState, CorrectionBatch, CorrectionEvent
+from ledger.sql import reserve_ids
 from ledger.testing import run_corrections
 
 
@@ -78,17 +79,28 @@ def last_hash() -> str:
     return row or chain.GENESIS
 
 
+_LIFECYCLE = ("approved_by", "approved_at", "applied_by", "applied_at", "undone_at",
+              "discarded_at", "skipped_conflicts")  # fmt: skip
+
+
 def make_batch(state: str = BatchState.applied, **fields) -> CorrectionBatch:
+    """A batch inserted as planned (the database refuses anything else), then moved to
+    ``state`` with its lifecycle ``fields`` set, as the services would."""
+    later = {name: fields.pop(name) for name in _LIFECYCLE if name in fields}
     fields.setdefault("planner", "visit_list")
     fields.setdefault("reason", "synthetic")
     fields.setdefault("planned_by", "tester")
     fields.setdefault("plan_digest", "0" * 64)
     batch = CorrectionBatch.objects.create(**fields)
+    if state == BatchState.applied:
+        later.setdefault("applied_by", "tester")
+    if later:  # while planned: skipped conflicts are set once it leaves that state
+        for name, value in later.items():
+            setattr(batch, name, value)
+        batch.save(update_fields=list(later))
     if state != BatchState.planned:
         batch.state = state
-        if state == BatchState.applied:
-            batch.applied_by = "tester"
-        batch.save(update_fields=["state", "applied_by"])
+        batch.save(update_fields=["state"])
     return batch
 
 
@@ -101,6 +113,7 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
     """
     columns = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
     prev = last_hash()
+    ids: list[int] = []
     now = datetime.datetime.now(datetime.UTC)
     buffer: list[tuple] = []
     pending: set[tuple[str, int]] = set()
@@ -108,7 +121,8 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
     count = 0
 
     def flush():
-        # Ids come from the sequence in VALUES order, so the chain follows insertion order.
+        # Ids are drawn from the sequence in order (they are hashed), so the chain follows
+        # insertion order.
         if not buffer:
             return
         placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(buffer))
@@ -149,6 +163,10 @@ def insert_events(batch: CorrectionBatch, rows: Iterable[dict], page: int = 2000
                 .first()
             )
         event.setdefault("prev_event_id", latest[key])
+        if "id" not in event:
+            if not ids:
+                ids.extend(reversed(reserve_ids(CorrectionEvent, page)))
+            event["id"] = ids.pop()
         pending.add(key)
         event["prev_hash"] = prev
         event["hash"] = prev = chain.event_hash(prev, event)
