@@ -68,6 +68,8 @@ FORMATS = tuple(FIELDS_BY_FORMAT)
 
 class UnknownFormat(ValueError):
     """An event names a hash format this version of the ledger does not know."""
+
+
 TIME_FIELDS = {"prior_status_modified_date", "new_status_modified_date", "recorded_at"}
 
 

@@ -148,4 +148,3 @@ def insert_only_when(name: str, conditions: dict[str, str]) -> Trigger:
         when=pgtrigger.Before,
         func=f"{checks}\nRETURN NEW;",
     )
-

@@ -1,18 +1,30 @@
-"""``plans``: each applied batch's events are its planned changes, less its recorded skips."""
+"""``plans``: every batch's digest recomputes from its planned changes, and each applied
+batch's events are its planned changes, less its recorded skips.
+
+An undo batch applied in one step has no planned changes (its events are held to the batch it
+reverts by ``batches`` and ``continuity``); one that was planned is held to its plan like any
+other batch."""
 
 from __future__ import annotations
 
+from ledger import digests
 from ledger.verify.common import MAX_PROBLEMS_PER_CHECK, Problem, Result, fetchall, scalar, tables
+
+# Batches held to a plan: every batch but an undo applied in one step (no planned changes).
+_PLANNED = """(b.planner <> 'undo' OR EXISTS (SELECT 1 FROM {planned} x WHERE x.batch_id = b.id))"""
 
 
 def check_plans() -> Result:
-    """Each applied batch's events against its planned changes and its recorded skips."""
+    """Each batch's digest, then each applied batch's events against its planned changes and
+    its recorded skips."""
     t = tables()
+    held = _PLANNED.format(planned=t["planned"])
+    total, problems = digest_problems()
     rows = fetchall(
         f"""
         WITH applied AS (
-            SELECT id, skipped_conflicts FROM {t["batch"]}
-            WHERE planner <> 'undo' AND state IN ('applied', 'partially_undone', 'undone')
+            SELECT b.id, b.skipped_conflicts FROM {t["batch"]} b
+            WHERE {held} AND b.state IN ('applied', 'partially_undone', 'undone')
         ),
         skipped AS (
             SELECT a.id AS batch_id,
@@ -62,7 +74,7 @@ def check_plans() -> Result:
         """,
         [MAX_PROBLEMS_PER_CHECK],
     )
-    problems = [
+    problems += [
         Problem(
             check="plans",
             batch=str(batch),
@@ -76,8 +88,51 @@ def check_plans() -> Result:
         )
         for batch, kind, entity_id, what, _ in rows
     ]
-    checked = scalar(
-        f"""SELECT count(*) FROM {t["batch"]}
-            WHERE planner <> 'undo' AND state IN ('applied', 'partially_undone', 'undone')"""
+    checked = scalar(f"SELECT count(*) FROM {t['batch']} b WHERE {held}")
+    total += rows[0][4] if rows else 0
+    return checked, total, problems[:MAX_PROBLEMS_PER_CHECK], ""
+
+
+def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
+    """Every batch held to a plan (of ``batch_ids``, or all): its ``plan_digest`` recomputed
+    in the database from its planned changes, in the format the batch records."""
+    t = tables()
+    lines = digests.sql_digest_lines("p")
+    where, params = ("AND b.id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    rows = fetchall(
+        f"""
+        SELECT id, digest_format, plan_digest, computed, changes, count(*) OVER ()
+        FROM (
+            SELECT b.id, b.digest_format, b.plan_digest, b.created_at, count(p.id) AS changes,
+                   encode(sha256(convert_to(
+                       CASE b.digest_format WHEN 1 THEN {digests.sql_prefix(1)}
+                                            WHEN 2 THEN {digests.sql_prefix(2)} END
+                       || COALESCE(string_agg(
+                              CASE b.digest_format WHEN 1 THEN {lines[1]} ELSE {lines[2]} END,
+                              '' ORDER BY {digests.sql_order("p")}), ''),
+                       'UTF8')), 'hex') AS computed
+            FROM {t["batch"]} b LEFT JOIN {t["planned"]} p ON p.batch_id = b.id
+            WHERE {_PLANNED.format(planned=t["planned"])} {where}
+            GROUP BY b.id
+        ) s
+        WHERE computed IS DISTINCT FROM plan_digest
+        ORDER BY created_at, id LIMIT %s
+        """,
+        [*params, MAX_PROBLEMS_PER_CHECK],
     )
-    return checked, (rows[0][4] if rows else 0), problems, ""
+    problems = [
+        Problem(
+            check="plans",
+            batch=str(batch),
+            message=(
+                f"batch {batch}: plan digest format {fmt} is unknown"
+                if fmt not in digests.FORMATS
+                else f"batch {batch}: its {changes} planned changes do not give its plan digest "
+                "(altered since it was planned)"
+            ),
+            expected=stored,
+            found=computed,
+        )
+        for batch, fmt, stored, computed, changes, _ in rows
+    ]
+    return (rows[0][5] if rows else 0), problems

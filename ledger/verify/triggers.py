@@ -160,8 +160,7 @@ def check_triggers() -> Result:
         elif not _same(body, bodies.get(pgid, "")):
             problems.append(
                 _problem(
-                    f"function {schema}.{pgid} differs from its definition (its body was "
-                    "replaced)"
+                    f"function {schema}.{pgid} differs from its definition (its body was replaced)"
                 )
             )
         if list(config or []) != guards.PROCONFIG:

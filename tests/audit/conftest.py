@@ -9,12 +9,21 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pgtrigger
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from commcare_connect.demo.incident import IncidentData, build_incident
-from ledger import chain, services
-from ledger.models import BatchState, CorrectionBatch, CorrectionEvent
+from ledger import anchors, chain, privileges, services, verify
+from ledger.models import (
+    AccrualRecompute,
+    BatchEntry,
+    BatchState,
+    CorrectionBatch,
+    CorrectionEvent,
+    LedgerHead,
+    PlannedChange,
+)
 from ledger.sql import reserve_ids
 from ledger.testing import run_corrections
 
@@ -199,3 +208,84 @@ def _move_head() -> None:
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+# --------------------------------------------------------------------------------------------
+# Attackers: raw SQL, roles, anchors
+# --------------------------------------------------------------------------------------------
+
+TEST_ANCHOR_KEY = "9f2c" * 16  # 256 bits, as hex
+LEDGER_TABLES = [
+    m._meta.db_table
+    for m in (CorrectionEvent, BatchEntry, PlannedChange, CorrectionBatch, AccrualRecompute,
+              LedgerHead)
+]  # fmt: skip
+
+
+def sql(statement: str, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else None
+
+
+def refused(statement: str, params=None, *, ignore: str | None = None) -> str:
+    """Run ``statement`` in a savepoint (after ``SET LOCAL pgtrigger.ignore`` when given);
+    return the database's refusal, failing the test if it accepts."""
+    try:
+        with transaction.atomic():
+            if ignore is not None:
+                sql(f"SET LOCAL pgtrigger.ignore = '{ignore}'")
+            sql(statement, params)
+    except DatabaseError as error:
+        return str(error)
+    raise AssertionError(f"the database accepted: {statement}")
+
+
+def problems(report, check: str) -> list[str]:
+    return [p.message for p in report.problems if p.check == check]
+
+
+@pytest.fixture
+def anchored(applied, settings, tmp_path):
+    """The incident applied, with an external anchor taken right after (as apply does)."""
+    settings.LEDGER_ANCHOR_KEY = TEST_ANCHOR_KEY
+    settings.LEDGER_ANCHOR_LOG = str(tmp_path / "anchors.jsonl")
+    anchors.take()
+    assert verify.run_checks(anchors=settings.LEDGER_ANCHOR_LOG).ok
+    return applied, settings.LEDGER_ANCHOR_LOG
+
+
+@pytest.fixture
+def roles(db):
+    """A non-superuser owner of the ledger's tables and trigger functions, and an application
+    role with what ``corrections privileges`` grants (plus the host's tables to read)."""
+    tag = uuid.uuid4().hex[:8]
+    owner, app = f"ledger_owner_{tag}", f"ledger_app_{tag}"
+    sql(f"CREATE ROLE {owner} NOSUPERUSER NOLOGIN")
+    sql(f"CREATE ROLE {app} NOSUPERUSER NOLOGIN")
+    sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app}")
+    sql("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks must not be pending for ALTER
+    for table in LEDGER_TABLES:
+        sql(f"ALTER TABLE {table} OWNER TO {owner}")
+    for (function,) in sql(
+        "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t "
+        "WHERE t.tgrelid = ANY(%s::regclass[]) AND NOT t.tgisinternal",
+        [LEDGER_TABLES],
+    ):
+        sql(f"ALTER FUNCTION {function} OWNER TO {owner}")
+    sql(f"SET ROLE {owner}")
+    for statement in privileges.statements(app):
+        if not statement.startswith("--"):
+            sql(statement)
+    sql("RESET ROLE")
+    yield owner, app
+    sql("RESET ROLE")
+
+
+def all_guard_pgids() -> str:
+    return "{" + ",".join(t.get_pgid(m) for m, t in verify.ledger_triggers()) + "}"
+
+
+def lift_all():
+    """Lift every guard (for the owner: the session's role must own the tables)."""
+    return pgtrigger.ignore(*[f"{m._meta.label}:{t.name}" for m, t in verify.ledger_triggers()])
