@@ -13,16 +13,26 @@ DEFAULT_SAMPLE = 500
 
 
 def check_accruals(sample: int | None = DEFAULT_SAMPLE) -> Result:
-    """The accesses the ledger recomputed hold what the host's own code computes now.
+    """Every access the ledger ever touched holds what the host's own code computes now.
 
-    Each access is recomputed by the host inside a savepoint that is rolled back, so nothing
-    changes. ``sample`` bounds how many accesses are looked at (chosen at random); None or 0
-    checks them all.
+    The accesses are those of every event and every recompute row — not only those a
+    recompute marked done, so an event written without its recompute is covered too — less
+    those with a recompute still pending (``recomputes`` reports them). Each access is
+    recomputed by the host inside a savepoint that is rolled back, so nothing changes.
+    ``sample`` bounds how many accesses are looked at (chosen at random); None or 0 checks
+    them all.
     """
     t = tables()
     access_ids = [
         pk for (pk,) in fetchall(
-            f"SELECT DISTINCT access_id FROM {t['recompute']} WHERE state = 'done' ORDER BY 1"
+            f"""SELECT access_id FROM (
+                    SELECT DISTINCT access_id FROM {t["event"]} WHERE access_id IS NOT NULL
+                    UNION
+                    SELECT access_id FROM {t["recompute"]}
+                ) touched
+                WHERE NOT EXISTS (SELECT 1 FROM {t["recompute"]} r
+                                  WHERE r.access_id = touched.access_id AND r.state = 'pending')
+                ORDER BY 1"""
         )
     ]  # fmt: skip
     total_accesses = len(access_ids)

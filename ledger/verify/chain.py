@@ -15,25 +15,50 @@ from ledger.verify.common import (
 )
 
 
-def check_chain() -> Result:
+def event_chain_problems(
+    after_id: int | None = None,
+    after_hash: str = chain.GENESIS,
+    after_recorded_at=None,
+) -> tuple[int, list[Problem]]:
+    """The events after ``after_id`` (all, by default): each hash recomputes from its content
+    and format, each ``prev_hash`` is the previous event's hash (the first's is ``after_hash``),
+    and ``recorded_at`` never decreases (the first's predecessor was recorded at
+    ``after_recorded_at``). Returns the total count of problems and the first ones."""
     t = tables()
     sql = f"""
-        SELECT id, prev_hash, hash, expected_prev, computed, count(*) OVER () AS total
+        SELECT id, prev_hash, hash, hash_format, expected_prev, computed, recorded_at, before,
+               count(*) OVER () AS total
         FROM (
-            SELECT e.id, e.prev_hash, e.hash,
-                   COALESCE(lag(e.hash) OVER (ORDER BY e.id), %s) AS expected_prev,
+            SELECT e.id, e.prev_hash, e.hash, e.hash_format, e.recorded_at,
+                   COALESCE(lag(e.hash) OVER w, %s) AS expected_prev,
+                   COALESCE(lag(e.recorded_at) OVER w, %s) AS before,
                    {chain.sql_hash_expression("e")} AS computed
             FROM {t["event"]} e
+            WHERE e.id > %s
+            WINDOW w AS (ORDER BY e.id)
         ) s
-        WHERE prev_hash <> expected_prev OR hash <> computed
+        WHERE prev_hash IS DISTINCT FROM expected_prev OR hash IS DISTINCT FROM computed
+           OR recorded_at < before
         ORDER BY id
         LIMIT %s
     """
-    rows = fetchall(sql, [chain.GENESIS, MAX_PROBLEMS_PER_CHECK])
-    checked = scalar(f"SELECT count(*) FROM {t['event']}")
+    rows = fetchall(
+        sql,
+        [after_hash, after_recorded_at, after_id if after_id is not None else -1,
+         MAX_PROBLEMS_PER_CHECK],
+    )  # fmt: skip
     problems = []
-    for id_, prev_hash, hash_, expected_prev, computed, _ in rows:
-        if hash_ != computed:
+    for id_, prev_hash, hash_, fmt, expected_prev, computed, recorded, before, _ in rows:
+        if fmt not in chain.FORMATS:
+            problems.append(
+                Problem(
+                    check="chain",
+                    message=f"event {id_}: unknown hash_format {fmt}",
+                    event_id=id_,
+                    found=str(fmt),
+                )
+            )
+        elif hash_ != computed:
             problems.append(
                 Problem(
                     check="chain",
@@ -56,12 +81,31 @@ def check_chain() -> Result:
                     found=prev_hash,
                 )
             )
-    total = rows[0][5] if rows else 0
+        if before is not None and recorded < before:
+            problems.append(
+                Problem(
+                    check="chain",
+                    message=(
+                        f"event {id_}: recorded at {recorded.isoformat()}, before the event it "
+                        f"follows ({before.isoformat()}): recorded_at never decreases"
+                    ),
+                    event_id=id_,
+                    expected=f">= {before.isoformat()}",
+                    found=recorded.isoformat(),
+                )
+            )
+    return (rows[0][8] if rows else 0), problems
+
+
+def check_chain() -> Result:
+    t = tables()
+    total, problems = event_chain_problems()
+    checked = scalar(f"SELECT count(*) FROM {t['event']}")
+    note = f"first broken event: {problems[0].event_id}" if problems else ""
     head = _head_problem()
     if head:
         problems.append(head)
         total += 1
-    note = f"first broken event: {rows[0][0]}" if rows else ""
     return checked, total, problems, note
 
 

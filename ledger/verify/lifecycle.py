@@ -17,7 +17,11 @@ from ledger.verify.people import PERMISSIONS, UNDO_PLAN, Directory
 _BATCHES_AT_ONCE = 2000
 
 
-def _entry_chain_problems() -> tuple[int, list[Problem]]:
+def entry_chain_problems(
+    after_id: int | None = None, after_hash: str = chain.GENESIS
+) -> tuple[int, list[Problem]]:
+    """The lifecycle entries after ``after_id`` (all, by default) recompute and link, the
+    first to ``after_hash``."""
     t = tables()
     rows = fetchall(
         f"""
@@ -27,11 +31,12 @@ def _entry_chain_problems() -> tuple[int, list[Problem]]:
                    COALESCE(lag(n.hash) OVER (ORDER BY n.id), %s) AS expected_prev,
                    {chain.sql_entry_hash_expression("n")} AS computed
             FROM {t["entry"]} n
+            WHERE n.id > %s
         ) s
         WHERE prev_hash <> expected_prev OR hash <> computed
         ORDER BY id LIMIT %s
         """,
-        [chain.GENESIS, MAX_PROBLEMS_PER_CHECK],
+        [after_hash, after_id if after_id is not None else -1, MAX_PROBLEMS_PER_CHECK],
     )
     problems = []
     for id_, batch, prev_hash, hash_, expected_prev, computed, _ in rows:
@@ -121,7 +126,7 @@ def batch_problems(
 
 def check_lifecycle() -> Result:
     """The entries' chain, then every batch against its entries and the lifecycle's rules."""
-    total, problems = _entry_chain_problems()
+    total, problems = entry_chain_problems()
     steps, events = read_steps(), read_events()
     checked = 0
     for start in range(0, 10**12, _BATCHES_AT_ONCE):

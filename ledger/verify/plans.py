@@ -18,13 +18,25 @@ def check_plans() -> Result:
     """Each batch's digest, then each applied batch's events against its planned changes and
     its recorded skips."""
     t = tables()
-    held = _PLANNED.format(planned=t["planned"])
     total, problems = digest_problems()
+    more, found = plan_event_problems()
+    checked = scalar(
+        f"SELECT count(*) FROM {t['batch']} b WHERE {_PLANNED.format(planned=t['planned'])}"
+    )
+    return checked, total + more, (problems + found)[:MAX_PROBLEMS_PER_CHECK], ""
+
+
+def plan_event_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
+    """Each applied batch held to a plan (of ``batch_ids``, or all): its events are exactly
+    its planned changes, less the units it recorded as skipped."""
+    t = tables()
+    held = _PLANNED.format(planned=t["planned"])
+    where, params = ("AND b.id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
     rows = fetchall(
         f"""
         WITH applied AS (
             SELECT b.id, b.skipped_conflicts FROM {t["batch"]} b
-            WHERE {held} AND b.state IN ('applied', 'partially_undone', 'undone')
+            WHERE {held} AND b.state IN ('applied', 'partially_undone', 'undone') {where}
         ),
         skipped AS (
             SELECT a.id AS batch_id,
@@ -72,9 +84,9 @@ def check_plans() -> Result:
         SELECT *, count(*) OVER () FROM (SELECT * FROM missing UNION ALL SELECT * FROM extra) x
         ORDER BY batch_id, entity_kind, entity_id LIMIT %s
         """,
-        [MAX_PROBLEMS_PER_CHECK],
+        [*params, MAX_PROBLEMS_PER_CHECK],
     )
-    problems += [
+    problems = [
         Problem(
             check="plans",
             batch=str(batch),
@@ -88,9 +100,7 @@ def check_plans() -> Result:
         )
         for batch, kind, entity_id, what, _ in rows
     ]
-    checked = scalar(f"SELECT count(*) FROM {t['batch']} b WHERE {held}")
-    total += rows[0][4] if rows else 0
-    return checked, total, problems[:MAX_PROBLEMS_PER_CHECK], ""
+    return (rows[0][4] if rows else 0), problems
 
 
 def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
