@@ -78,8 +78,9 @@ def micros(value: datetime.datetime) -> int:
 
 
 def _text(name: str, value: Any) -> str | None:
-    """A field's canonical text, or None for NULL."""
-    if value is None:
+    """A field's canonical text, or None for NULL (an empty CSV cell is NULL: every format
+    encodes NULL and empty alike)."""
+    if value is None or value == "":
         return None
     if name in TIME_FIELDS:
         if isinstance(value, str):

@@ -406,13 +406,20 @@ def _still_over_cap(batch: CorrectionBatch, rows: list[PlannedRow]) -> None:
         )
 
 
-def _auto_anchor() -> str | None:
-    """Anchor the chain head after a projection when a key and an anchor log are configured."""
+def _auto_anchor(report: RunReport) -> None:
+    """Anchor the chain head after a projection when a key and an anchor log are configured.
+
+    The projection has committed: a segment the witness refuses to sign (or a key it refuses
+    to sign with) is reported on the run, never raised. Where the application holds no key —
+    the witness runs apart, under its own role — nothing is anchored here.
+    """
     from ledger import anchors
 
     if anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block:
-        return anchors.encode(anchors.take())
-    return None
+        try:
+            report.anchor = anchors.encode(anchors.take())
+        except LedgerError as error:
+            report.anchor_problem = str(error)
 
 
 def _mark_applied(batch: CorrectionBatch, actor: Actor, result) -> None:
@@ -515,7 +522,7 @@ def apply_batch(
         )
 
     report = _write(run, what=f"apply of batch {batch_id}", progress=progress)
-    report.anchor = _auto_anchor()
+    _auto_anchor(report)
     if progress:
         progress(f"projected {report.events} events; recomputing accruals")
     recompute(batch_id=report.batch, progress=progress)
@@ -625,7 +632,7 @@ def undo_batch(
         return report, original
 
     report, original = _write(run, what=f"undo of batch {batch_id}", progress=progress)
-    report.anchor = _auto_anchor()
+    _auto_anchor(report)
     if progress:
         progress(f"projected {report.events} inverse events; recomputing accruals")
     recompute(batch_id=report.batch, progress=progress)

@@ -174,19 +174,30 @@ def add_parsers(subparsers) -> None:
 
     anchor = subparsers.add_parser(
         "anchor",
-        help="Sign the chain head; append it to the anchor log (LEDGER_ANCHOR_LOG) and stdout.",
+        help="Verify the segment since the previous anchor, sign the chain head, append it to "
+        "the anchor log (LEDGER_ANCHOR_LOG) and stdout.",
+        description="The anchor witness: verifies the events and lifecycle entries since the "
+        "last anchor of LEDGER_ANCHOR_LOG (chain links, recorded_at order, lifecycle and "
+        "four-eyes rules, plans), then signs the chain head with LEDGER_ANCHOR_KEY; a "
+        "failing segment is not signed (exit 1). Reads only: run it apart from the "
+        "application, under the role `privileges --witness-role` describes.",
     )
     _json(anchor)
     anchor.set_defaults(handler=handle_anchor)
 
     privileges = subparsers.add_parser(
-        "privileges", help="Print the GRANT/REVOKE statements for the application's role."
+        "privileges",
+        help="Print the GRANT/REVOKE statements for the application's role or the anchor "
+        "witness's.",
     )
-    privileges.add_argument(
-        "--app-role",
-        required=True,
+    role = privileges.add_mutually_exclusive_group(required=True)
+    role.add_argument(
+        "--app-role", metavar="NAME", help="The database role the application connects as."
+    )
+    role.add_argument(
+        "--witness-role",
         metavar="NAME",
-        help="The database role the application connects as.",
+        help="The read-only role `corrections anchor` runs under, apart from the application.",
     )
     privileges.set_defaults(handler=handle_privileges)
 
@@ -335,6 +346,14 @@ def handle_apply(options: dict, out: Output) -> None:
         progress=out.progress,
     )
     print_run(report, out)
+    _anchor_refused(report)
+
+
+def _anchor_refused(report: RunReport) -> None:
+    """The write committed; a refused anchor is a finding (exit 1), not a failure."""
+    if report.anchor_problem:
+        raise Findings(f"{report.action} committed; the chain head was not anchored: "
+                       f"{report.anchor_problem}")  # fmt: skip
 
 
 def handle_undo(options: dict, out: Output) -> None:
@@ -350,6 +369,7 @@ def handle_undo(options: dict, out: Output) -> None:
         progress=out.progress,
     )
     print_run(report, out)  # committed; accrual differences are findings, not failure
+    _anchor_refused(report)
 
 
 def handle_approve(options: dict, out: Output) -> None:
@@ -410,10 +430,12 @@ def handle_anchor(options: dict, out: Output) -> None:
 def handle_privileges(options: dict, out: Output) -> None:
     from ledger import privileges
 
-    role = options["app_role"]
+    option = "--app-role" if options.get("app_role") is not None else "--witness-role"
+    role = options["app_role"] if option == "--app-role" else options["witness_role"]
     if len(role) > 63:
-        raise LedgerError(f"--app-role: {inputs.shown(role)} is longer than 63 characters")
-    for line in privileges.statements(role):
+        raise LedgerError(f"{option}: {inputs.shown(role)} is longer than 63 characters")
+    make = privileges.statements if option == "--app-role" else privileges.witness_statements
+    for line in make(role):
         out.line(line)
 
 
@@ -638,6 +660,8 @@ def print_run(report: RunReport, out: Output) -> None:
             _wrap(out, finding, "  ")
     if report.anchor:
         out.note("anchored the chain head after the projection (LEDGER_ANCHOR_LOG)")
+    elif report.anchor_problem:
+        _wrap(out, f"Not anchored: {report.anchor_problem}")
     if report.pending_recomputes:
         out.line(
             f"{report.pending_recomputes} recomputes pending: "

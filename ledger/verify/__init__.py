@@ -5,13 +5,21 @@ never a Python loop over events, so it stays fast on millions of events. Checks 
 ``REPEATABLE READ READ ONLY`` transaction when called outside a transaction, so they all see
 the same snapshot while corrections keep being applied.
 
+Each family of checks lives in a module of its own, named after it:
+
 ===============  ==============================================================================
-check            what it proves
+check (module)   what it proves
 ===============  ==============================================================================
-``triggers``     every guard trigger of the ledger's models (append-only events, no truncate,
-                 batch state machine, frozen plans, …) is installed, current and enabled
-``chain``        every event's ``prev_hash`` is the previous event's ``hash`` (the first one's is
-                 :data:`ledger.chain.GENESIS`) and its ``hash`` recomputes from its content
+``triggers``     every guard of the ledger's models is installed on the ledger's own tables
+                 (by OID: a same-named table, trigger or function elsewhere counts for
+                 nothing), current, enabled in the ordinary way (``O``), fires on its events,
+                 and runs its definition's function body with the pinned search path; no
+                 temporary table shadows a ledger table; ``pgtrigger.ignore`` is not set as a
+                 role or database default
+``chain``        every event's ``hash`` recomputes from its content in its format, its
+                 ``prev_hash`` is the previous event's ``hash`` (the first one's is
+                 :data:`ledger.chain.GENESIS`), ``recorded_at`` never decreases, and the head
+                 row names the chains' ends
 ``continuity``   each entity's consecutive events chain (``from_status`` = previous
                  ``to_status``); every inverse event mirrors the event it inverts
 ``drift``        every corrected entity's host status equals its last event's ``to_status``;
@@ -22,20 +30,22 @@ check            what it proves
                  some: partially_undone, all: undone); events belong only to applied batches;
                  undo events invert events of the batch they revert, and only undo events
                  invert anything
-``lifecycle``    the lifecycle entries' own hash chain holds, and every batch's planner,
-                 approver, operator, times, summary and skipped conflicts equal its chained
-                 plan / approve / apply / undo / discard entries (a forged column is caught)
-``plans``        each applied batch's events are exactly its planned changes, less the units
-                 it recorded as skipped (an event removed or added is caught)
-``accruals``     each access the ledger recomputed holds the accrual the host's own code
-                 computes now (in a rolled-back transaction; ``sample`` bounds how many)
+``lifecycle``    the lifecycle entries' own hash chain holds; every batch's columns equal its
+                 plan / approve / apply / undo / discard entries; its steps come in chain order
+                 (plan first, approve before apply — required when ``LEDGER_REQUIRE_APPROVAL``
+                 is on, undo batches included); each step's user exists under that name, is
+                 active and holds the step's permission, and the approver is another user than
+                 the planner (``people`` holds those rules). No batch is passed over.
+``plans``        every batch's plan digest recomputes from its planned changes (in the format
+                 it records), and each applied batch's events are exactly its planned changes,
+                 less the units it recorded as skipped
+``accruals``     every access the ledger touched (events and recomputes) holds the accrual the
+                 host's own code computes now (in a rolled-back transaction; ``sample`` bounds
+                 how many)
 ``anchors``      with ``--anchors FILE``: every anchored event and entry still has its
-                 anchored hash and count, and the anchor's signature holds
+                 anchored hash and count, and each anchor's signature holds under a configured
+                 key (refused without one)
 ===============  ==============================================================================
-
-``triggers`` also compares each guard's function body with its definition (a no-op body is
-caught), requires each guard to be enabled in the ordinary way (``O``: not disabled, not
-replica- or always-only), and refuses ``pgtrigger.ignore`` set as a role or database default.
 """
 
 from __future__ import annotations
@@ -150,6 +160,7 @@ def run_checks(
         from ledger import anchors as anchor_file
 
         anchor_file.read(anchors)  # a bad file is refused before any check runs
+        anchor_file.require_keys("verify --anchors")  # and so is checking without the key
     outcomes: list[CheckOutcome] = []
     problems: list[Problem] = []
 

@@ -102,14 +102,14 @@ def check_chain() -> Result:
     total, problems = event_chain_problems()
     checked = scalar(f"SELECT count(*) FROM {t['event']}")
     note = f"first broken event: {problems[0].event_id}" if problems else ""
-    head = _head_problem()
+    head = head_problem()
     if head:
         problems.append(head)
         total += 1
     return checked, total, problems, note
 
 
-def _head_problem() -> Problem | None:
+def head_problem() -> Problem | None:
     """The head row (the ledger's write lock) must name the chains' actual last rows."""
     t = tables()
     rows = fetchall(
