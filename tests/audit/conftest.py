@@ -289,3 +289,25 @@ def all_guard_pgids() -> str:
 def lift_all():
     """Lift every guard (for the owner: the session's role must own the tables)."""
     return pgtrigger.ignore(*[f"{m._meta.label}:{t.name}" for m, t in verify.ledger_triggers()])
+
+
+def forge_entry(batch: str, action: str, actor: str, actor_id: int, details: dict) -> None:
+    """Append a correctly chained lifecycle entry and move the head, with nothing but the
+    grants of the application's role (INSERT on entries, UPDATE on the head)."""
+    from ledger import entries
+
+    head = sql("SELECT entry_hash FROM ledger_ledgerhead WHERE id = 1 FOR UPDATE")[0][0]
+    at = sql("SELECT clock_timestamp()")[0][0]
+    values = {"batch_id": batch, "action": action, "actor": actor, "actor_id": actor_id,
+              "at": at, "details": entries.canonical(details)}  # fmt: skip
+    entry_hash = chain.entry_hash(head, values)
+    (entry_id,) = sql(
+        "INSERT INTO ledger_batchentry (batch_id, action, actor, actor_id, at, details, "
+        "hash_format, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, 2, %s, %s) RETURNING id",
+        [batch, action, actor, actor_id, at, values["details"], head, entry_hash],
+    )[0]
+    sql("UPDATE ledger_ledgerhead SET entry_id = %s, entry_hash = %s, entries = entries + 1 "
+        "WHERE id = 1", [entry_id, entry_hash])  # fmt: skip
+    if action == "approve":
+        sql("UPDATE ledger_correctionbatch SET approved_by = %s, approved_at = %s WHERE id = %s",
+            [actor, at, batch])  # fmt: skip
