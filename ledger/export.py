@@ -190,9 +190,7 @@ def export_events(
     # Every text cell quoted: a carriage return inside one (which the csv module does not quote
     # on its own under a "\n" line end) stays inside its cell.
     writer = (
-        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-        if fmt == "csv"
-        else None
+        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC) if fmt == "csv" else None
     )
     if writer is not None:
         writer.writerow(FIELDS)
