@@ -338,7 +338,7 @@ def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_B
             insert_rows(
                 PlannedChange,
                 ("batch_id", *PlannedRow._fields),
-                ((original.pk, k, e, w, o, a, x, st, "over_limit", "", False, None, None)
+                ((original.pk, *PlannedRow(k, e, w, o, a, x, st, "over_limit", "", False))
                  for k, e, w, o, a, x, st, _ in group),
             )  # fmt: skip
             entries.record(original, "plan", operator, entries.plan_details(original))

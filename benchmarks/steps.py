@@ -425,14 +425,20 @@ def apply_ledger(params: dict, probe: Probe) -> dict:
 
 @step
 def undo_ledger(params: dict, probe: Probe) -> dict:
+    """The undo as production runs it with approval on: planned and priced (timed apart),
+    approved by someone else (not timed), then applied (the projection is the step's time)."""
     from ledger import services
 
+    _people()
+    started = time.perf_counter()
+    plan = services.plan_undo(params["batch"], reason=UNDO_REASON, operator=OPERATOR)
+    plan_seconds = time.perf_counter() - started
+    services.approve_batch(plan.batch, operator=REVIEWER, plan_digest=plan.plan_digest)
     result = _run_ledger(
-        lambda progress: services.undo_batch(
-            params["batch"], reason=UNDO_REASON, operator=OPERATOR, progress=progress
-        ),
+        lambda progress: services.apply_batch(plan.batch, operator=OPERATOR, progress=progress),
         probe,
     )
+    result["plan_seconds"] = round(plan_seconds, 3)
     result["seconds"] = result["projection_seconds"]
     result["drift"] = data.drift()
     return result

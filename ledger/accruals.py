@@ -14,7 +14,10 @@ to it. So each recompute runs in a transaction of its own, and:
   (``LEDGER_RECOMPUTE_LOCK_TIMEOUT_MS``): a request holding a row gets it back within that
   time instead of meeting a deadlock.
 
-Either way a busy access is retried with back-off (:mod:`ledger.retry`), never failed.
+Either way a busy access is tried again later, never failed: :func:`recompute_access` backs
+off and retries it alone (:mod:`ledger.retry`); the recompute of a batch
+(``ledger.services.recompute``) makes one attempt per access and comes back to busy ones after
+the others, so one worker's live traffic delays only that worker's recompute.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from django.db import connection, transaction
 
 from ledger import conf, host
 from ledger.host import CompletedWork, OpportunityAccess
+from ledger.locks import take_access_locks
 from ledger.retry import with_backoff
 from ledger.sql import ids_where, lock_rows_patiently
 
@@ -36,12 +40,15 @@ def recompute_access(
     then: Callable[[int | None], None] | None = None,
     rollback: bool = False,
     progress: Callable[[str], None] | None = None,
+    patient: bool = True,
 ) -> int | None:
     """The host's full recompute of one access, safely; its new accrual (None: no access).
 
     ``then`` runs inside the same transaction with the result (marking a recompute row done
     commits together with the recompute). ``rollback`` discards everything (what verify uses to
-    compare without changing anything).
+    compare without changing anything). Without ``patient`` it makes one attempt and raises
+    what stopped it (a busy row or lock, an unreachable lock backend), for the caller to come
+    back to later.
     """
     lock = host.access_lock()
     timeout_ms = int(conf.get("RECOMPUTE_LOCK_TIMEOUT_MS"))
@@ -52,7 +59,7 @@ def recompute_access(
                 cursor.execute(f"SET LOCAL lock_timeout = '{timeout_ms}ms'")
             if lock is not None and getattr(lock, "transaction_scoped", False):
                 deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
-                lock([access_id], conf.get("ACCESS_LOCK_WAIT"))
+                take_access_locks(lock, [access_id], conf.get("ACCESS_LOCK_WAIT"))
                 lock_rows_patiently(
                     CompletedWork,
                     ("status",),
@@ -72,6 +79,8 @@ def recompute_access(
                 transaction.set_rollback(True)
             return after
 
+    if not patient:
+        return attempt()
     return with_backoff(
         attempt,
         deadline_seconds=conf.get("RETRY_SECONDS"),

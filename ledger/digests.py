@@ -8,8 +8,9 @@ batch records the ``digest_format`` its digest was made with:
 * **Format 2** (every batch planned now): the UTF-8 bytes of ``ledger-plan/2``, then for each
   planned change every column of :data:`FIELDS_V2` — all of a planned change but its row id
   and its batch (the digest is the batch's own) — each written as ``-`` when NULL or empty or
-  as ``<byte length>:<value>`` otherwise. ``suspended`` is ``true`` or ``false``. Every column
-  apply and the recompute use is covered: the worker's access, the opportunity, the xform id.
+  as ``<byte length>:<value>`` otherwise. ``suspended``, ``paid`` and ``invoiced`` are ``true``
+  or ``false``. Every column apply and the recompute use is covered: the worker's access, the
+  opportunity, the xform id, what the plan assumed of the unit's work.
 * **Format 1** (batches planned before format 2): one line per change,
   ``kind:id:from:to:excluded:work:prev_event:members`` and a newline, NULL as ``None``. It
   left ``access_id``, ``opportunity_id``, ``xform_id`` and ``suspended`` out; such batches
@@ -40,8 +41,14 @@ FIELDS_V2 = (
     "suspended",
     "prev_event_id",
     "members",
+    "paid",
+    "invoiced",
 )
 FORMATS = (1, 2)
+_BOOLEANS = frozenset({"suspended", "paid", "invoiced"})
+_V1_FIELDS = ("entity_kind", "entity_id", "from_status", "to_status", "excluded",
+              "completed_work_id", "prev_event_id", "members")  # fmt: skip
+_V1_AT = tuple(FIELDS_V2.index(name) for name in _V1_FIELDS)
 
 
 def _text(value: Any) -> str:
@@ -52,10 +59,7 @@ def _text(value: Any) -> str:
 
 
 def _v1_line(row: Sequence) -> bytes:
-    kind, entity_id, work, _, _, _, from_status, to_status, excluded, _, prev, members = row
-    return (
-        f"{kind}:{entity_id}:{from_status}:{to_status}:{excluded}:{work}:{prev}:{members}\n"
-    ).encode()
+    return (":".join(str(row[i]) for i in _V1_AT) + "\n").encode()
 
 
 def _v2_line(row: Sequence) -> bytes:
@@ -86,27 +90,15 @@ def _sql_part(text_sql: str) -> str:
 
 
 def _sql_text(name: str, alias: str) -> str:
-    if name == "suspended":
-        return f"CASE WHEN {alias}.suspended THEN 'true' ELSE 'false' END"
+    if name in _BOOLEANS:
+        return f"CASE WHEN {alias}.{name} THEN 'true' ELSE 'false' END"
     return f"{alias}.{name}::text"
 
 
 def sql_digest_lines(alias: str = "p") -> dict[int, str]:
     """Per format, SQL for one planned change's digested text; aggregate it with
     :data:`SQL_ORDER` and prefix :func:`sql_prefix`."""
-    v1 = " || ':' || ".join(
-        f"COALESCE({alias}.{name}::text, 'None')"
-        for name in (
-            "entity_kind",
-            "entity_id",
-            "from_status",
-            "to_status",
-            "excluded",
-            "completed_work_id",
-            "prev_event_id",
-            "members",
-        )
-    )
+    v1 = " || ':' || ".join(f"COALESCE({alias}.{name}::text, 'None')" for name in _V1_FIELDS)
     v2 = " || ".join(_sql_part(_sql_text(name, alias)) for name in FIELDS_V2)
     return {1: f"{v1} || chr(10)", 2: v2}
 

@@ -48,6 +48,15 @@ class WrongState(LedgerError):
     exit_code = ExitCode.WRONG_STATE
 
 
+class StalePlan(WrongState):
+    """What a reviewed plan assumed no longer holds (a work paid or ranked back within its
+    cap since the plan, say): re-plan. ``conflicts`` names each unit and what changed."""
+
+    def __init__(self, message: str, conflicts: list | None = None) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts or []
+
+
 class ConflictError(LedgerError):
     """Compare-and-set failed for some entities; ``conflicts`` lists them one by one."""
 
@@ -68,6 +77,14 @@ class Busy(LedgerError):
 
 class LockBusy(Busy):
     """A lock the projector needs is held by live traffic; it backs off and tries again."""
+
+
+class LockUnavailable(LockBusy):
+    """The accrual lock's backend (the host's Redis) cannot be reached or timed out.
+
+    Transient like a busy lock: the write backs off and tries again, and past
+    ``LEDGER_RETRY_SECONDS`` gives up with exit 6, nothing written.
+    """
 
 
 class NotAllowed(LedgerError):

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from ledger import conf
-from ledger.errors import LockBusy
+from ledger.errors import LedgerError, LockBusy, LockUnavailable
+from ledger.retry import unreachable_errors
 
 LOCK_NAME = "update_payment_accrued_lock_{}"
 LOCK_TIMEOUT = 900  # seconds; the host's own expiry for this lock
@@ -65,3 +66,22 @@ def redis_access_lock(access_ids: Sequence[int], wait: float) -> Callable[[], No
     except BaseException:
         release()
         raise
+
+
+def take_access_locks(
+    lock: Callable[[Sequence[int], float], Callable[[], None]],
+    access_ids: Sequence[int],
+    wait: float,
+) -> Callable[[], None]:
+    """Take the accrual locks through ``lock``; a backend that cannot be reached (Redis down,
+    a timeout) is :class:`~ledger.errors.LockUnavailable` — retried like a busy lock, and a
+    one-line refusal when it outlasts the retries — never a driver's traceback."""
+    try:
+        return lock(access_ids, wait)
+    except LedgerError:
+        raise
+    except unreachable_errors() as error:
+        raise LockUnavailable(
+            f"the accrual lock backend ({conf.get('ACCESS_LOCK')}) is unreachable: "
+            f"{type(error).__name__}: {error}"
+        ) from error

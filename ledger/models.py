@@ -231,6 +231,10 @@ class PlannedChange(models.Model):
     members = models.TextField(
         null=True, blank=True, help_text="A work's visits when planned: 'id:status,…' by id."
     )
+    paid = models.BooleanField(default=False, help_text="The unit's work was paid when planned.")
+    invoiced = models.BooleanField(
+        default=False, help_text="The unit's work was invoiced when planned."
+    )
 
     class Meta:
         indexes = [

@@ -12,7 +12,7 @@ transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -25,7 +25,7 @@ from ledger.host import CompletedWork, OpportunityAccess, Payment, UserVisit
 from ledger.models import EntityKind
 from ledger.planners.rows import PlannedRow, table
 from ledger.retry import with_backoff
-from ledger.sql import db_now, ids_where, lock_rows_patiently
+from ledger.sql import db_now, ids_where, int_array, lock_rows_patiently, text_array
 
 ZERO = Decimal(0)
 PROGRESS_EVERY = 5.0  # seconds between progress lines while pricing
@@ -72,22 +72,25 @@ def _access_sums(access_ids: list[int]) -> dict[int, tuple]:
     return {r["opportunity_access_id"]: tuple(r[name] or 0 for name in _SUMS) for r in rows}
 
 
-def _write_statuses(model, pairs: list[tuple[int, str]], stamp, deadline: float) -> None:
-    """Write statuses as the projector will: the new status and ``status_modified_date``.
+def _write_statuses(model, rows: list[tuple[int, str, object]], deadline: float) -> None:
+    """Write (id, status, stamp) as the projector will: the status and
+    ``status_modified_date``.
 
     The stamp matters: the host prices approved work in USD at the rate of the day its status
-    changed. Rows are locked first without waiting, as the projector locks them: a dry run must
-    not queue behind live traffic while holding rows it needs either.
+    changed (an undo restores each row's earlier stamp). Rows are locked first without
+    waiting, as the projector locks them: a dry run must not queue behind live traffic while
+    holding rows it needs either.
     """
-    if not pairs:
+    if not rows:
         return
-    ids = [p[0] for p in pairs]
+    ids = [r[0] for r in rows]
     lock_rows_patiently(model, ("status",), ids, strength="UPDATE", deadline=deadline)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = %s
-                FROM unnest(%s::bigint[], %s::text[]) AS u(id, status) WHERE t.id = u.id""",
-            [stamp, ids, [p[1] for p in pairs]],
+            f"""UPDATE {table(model)} t SET status = u.status, status_modified_date = u.stamp
+                FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS u(id, status, stamp)
+                WHERE t.id = u.id""",
+            [int_array(ids), text_array(r[1] for r in rows), text_array(r[2] for r in rows)],
         )
 
 
@@ -124,7 +127,10 @@ class Pricing:
 
 
 def _simulate(
-    flips: list[PlannedRow], accesses: dict, progress: Callable[[str], None] | None = None
+    flips: list[PlannedRow],
+    accesses: dict,
+    progress: Callable[[str], None] | None = None,
+    stamps: Mapping[tuple[str, int], object] | None = None,
 ) -> tuple[dict, dict, dict[int, str]]:
     """Flip, let the host recompute, read the figures, roll back. One attempt."""
     access_ids = sorted(accesses)
@@ -142,18 +148,17 @@ def _simulate(
             deadline=deadline,
         )
         lock_rows_patiently(OpportunityAccess, ("payment_accrued",), access_ids, deadline=deadline)
-        _write_statuses(
-            CompletedWork,
-            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "completed_work"],
-            stamp,
-            deadline,
-        )
-        _write_statuses(
-            UserVisit,
-            [(r.entity_id, r.to_status) for r in flips if r.entity_kind == "visit"],
-            stamp,
-            deadline,
-        )
+        stamps = stamps or {}
+        for model, kind in ((CompletedWork, "completed_work"), (UserVisit, "visit")):
+            _write_statuses(
+                model,
+                [
+                    (r.entity_id, r.to_status, stamps.get((kind, r.entity_id)) or stamp)
+                    for r in flips
+                    if r.entity_kind == kind
+                ],
+                deadline,
+            )
         before = _access_sums(access_ids)  # what the works hold now (saved figures untouched)
         total, shown = len(access_ids), time.monotonic()
         for done, access_id in enumerate(access_ids, start=1):
@@ -168,9 +173,17 @@ def _simulate(
     return before, after, unstable
 
 
-def price(rows: Iterable[PlannedRow], progress: Callable[[str], None] | None = None) -> Pricing:
+def price(
+    rows: Iterable[PlannedRow],
+    progress: Callable[[str], None] | None = None,
+    stamps: Mapping[tuple[str, int], object] | None = None,
+) -> Pricing:
     """Per access: the accrual change the flips in ``rows`` would cause, by the host's rules;
-    and the planned works whose planned status the host's recompute would not keep."""
+    and the planned works whose planned status the host's recompute would not keep.
+
+    ``stamps`` maps (entity kind, id) to the ``status_modified_date`` a flip restores (an
+    undo); every other flip is stamped with the apply's time, as the projector does.
+    """
     flips = [r for r in rows if not r.excluded]
     access_ids = sorted({r.access_id for r in flips if r.access_id is not None})
     if not access_ids:
@@ -196,7 +209,7 @@ def price(rows: Iterable[PlannedRow], progress: Callable[[str], None] | None = N
             f"pricing {len(flips)} flips across {len(access_ids)} accesses by the host's rules"
         )
     before, after, unstable = with_backoff(
-        lambda: _simulate(flips, accesses, progress),
+        lambda: _simulate(flips, accesses, progress, stamps),
         deadline_seconds=conf.get("RETRY_SECONDS"),
         progress=progress,
         what="pricing",

@@ -39,9 +39,11 @@ from typing import NamedTuple
 from django.db import connection
 
 from ledger import chain, conf, host
-from ledger.errors import ConflictError
+from ledger.assumptions import Assumptions
+from ledger.errors import ConflictError, StalePlan
 from ledger.head import lock_head, move_events
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
+from ledger.locks import take_access_locks
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
 from ledger.schema import Conflict
 from ledger.sql import (
@@ -102,7 +104,7 @@ class _Now:
     busy: set[tuple[str, int]]  # rows live traffic kept past the wait (skipped units only)
 
 
-def _lock_units(flips: Sequence[Flip], skip_busy: bool) -> _Now:
+def _lock_units(flips: Sequence[Flip], skip_busy: bool, deadline: float) -> _Now:
     """Lock every row of the batch's units, patiently, and read their state under the locks.
 
     Works first, ``FOR UPDATE``: no visit can join a locked work until the commit, so the
@@ -110,7 +112,6 @@ def _lock_units(flips: Sequence[Flip], skip_busy: bool) -> _Now:
     ``FOR NO KEY UPDATE``. With ``skip_busy``, rows live traffic still holds at the deadline
     are reported busy (their units are skipped) instead of giving the attempt up.
     """
-    deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
     busy_works: list[int] | None = [] if skip_busy else None
     busy_visits: list[int] | None = [] if skip_busy else None
     work_ids = sorted({f.entity_id for f in flips if f.entity_kind == WORK})
@@ -285,16 +286,20 @@ def project(
     skip_conflicts: bool,
     releases: list[Callable[[], None]],
     projected_accruals: dict[int, int] | None = None,
+    assumptions: Assumptions | None = None,
 ) -> Projection:
     """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``.
 
     Locks that outlive the transaction (the host's accrual locks in Redis) are handed back
     through ``releases``: the caller calls each once its transaction has ended, whether it
-    committed or rolled back.
+    committed or rolled back. ``assumptions`` are what the batch's reviewed plan relied on
+    beyond its units' own state; they are checked under the same locks
+    (:mod:`ledger.assumptions`), and a unit where one no longer holds is stale.
     """
     head = lock_head()
     head_id, head_hash = head.event_id, head.event_hash
     now_at = db_now()
+    deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
     # The accrual locks first: the host's recompute holds its access's lock while it writes
     # the access's works, so a request inside its recompute can only finish if the projection
     # does not hold those rows yet; requests that have not reached their recompute wait at the
@@ -302,11 +307,20 @@ def project(
     access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
     lock = host.access_lock()
     if lock is not None and access_ids:
-        releases.append(lock(access_ids, conf.get("ACCESS_LOCK_WAIT")))
-    current = _lock_units(flips, skip_busy=skip_conflicts)
+        releases.append(take_access_locks(lock, access_ids, conf.get("ACCESS_LOCK_WAIT")))
+    current = _lock_units(flips, skip_busy=skip_conflicts, deadline=deadline)
+    stale = assumptions.check(flips, current.works, deadline) if assumptions else []
 
     result = Projection(recorded_at=now_at)
     conflicts = _conflicts(flips, current)
+    if stale and not skip_conflicts:
+        units = {_unit(c.entity_kind, c.entity_id, c.completed_work_id) for c in stale}
+        raise StalePlan(
+            f"batch {batch.pk} is stale: what its reviewed plan assumed no longer holds for "
+            f"{len(units)} units",
+            stale + conflicts,
+        )
+    conflicts = stale + conflicts
     if conflicts:
         if not skip_conflicts:
             raise ConflictError(

@@ -41,8 +41,23 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a backend the ledger or the host's code relies on (the host's
+    Redis, behind its accrual lock) could not be reached or did not answer in time."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from redis import exceptions
+    except ImportError:  # no Redis client installed: no Redis lock either
+        pass
+    else:
+        errors += [exceptions.ConnectionError, exceptions.TimeoutError]
+    return tuple(errors)
+
+
 def is_retryable(error: BaseException) -> bool:
     if isinstance(error, LockBusy):
+        return True
+    if isinstance(error, unreachable_errors()):
         return True
     return isinstance(error, DatabaseError) and sqlstate(error) in RETRYABLE
 
@@ -50,6 +65,8 @@ def is_retryable(error: BaseException) -> bool:
 def describe(error: BaseException) -> str:
     if isinstance(error, LockBusy):
         return str(error)
+    if isinstance(error, unreachable_errors()) and not isinstance(error, DatabaseError):
+        return f"a backend could not be reached ({type(error).__name__}: {error})"
     return {
         DEADLOCK: "a deadlock with another session",
         SERIALIZATION_FAILURE: "the ledger moved since this transaction's snapshot",

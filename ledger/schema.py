@@ -113,8 +113,20 @@ class AccessOutcome(msgspec.Struct, kw_only=True):
     accrual_before_original: int | None = None
 
 
+class PendingRecompute(msgspec.Struct, kw_only=True):
+    """An access whose accrual recompute is still pending, and why (busy, unreachable, failed)."""
+
+    batch: str
+    access_id: int
+    reason: str
+
+
 class RunReport(msgspec.Struct, kw_only=True):
-    """The outcome of ``apply``, ``undo`` or ``recompute``."""
+    """The outcome of ``apply``, ``undo`` or ``recompute``.
+
+    An ``apply`` or ``undo`` report describes a committed projection, whatever happened to the
+    recompute after it: accesses still pending are listed in ``pending``.
+    """
 
     batch: str
     state: str
@@ -130,6 +142,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     accesses: list[AccessOutcome] = []
     recomputed: int = 0
     pending_recomputes: int = 0
+    # The recomputes left pending by this run, by access, with why.
+    pending: list[PendingRecompute] = []
     # Things an operator should look at that did not stop the command (accrual differences).
     findings: list[str] = []
     # The external anchor taken right after the projection, when anchoring is configured.

@@ -354,10 +354,10 @@ def history_queryset(resolved: Resolved) -> QuerySet:
             F("batch__planned_by"),
             F("batch__applied_by"),
             F("batch__reverts_id"),
-            # The latest undo batch reverting this event's batch (an undo that skipped units
-            # can be followed by another).
+            # The latest applied undo batch reverting this event's batch (an undo that skipped
+            # units can be followed by another; a planned or discarded one undid nothing).
             Subquery(
-                CorrectionBatch.objects.filter(reverts=OuterRef("batch_id"))
+                CorrectionBatch.objects.filter(reverts=OuterRef("batch_id"), state="applied")
                 .order_by("-created_at")
                 .values("id")[:1]
             ),

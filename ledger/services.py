@@ -6,17 +6,20 @@ only read, and :mod:`ledger.projector` is the only writer of host statuses.
 
 from __future__ import annotations
 
-import sys
+import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 
 from ledger import accruals, conf, digests, entries, host, people
-from ledger.errors import LedgerError, NotFound, WrongState
+from ledger.assumptions import Assumptions
+from ledger.errors import ConflictError, LedgerError, NotFound, WrongState
+from ledger.errors import StalePlan as StalePlan  # raised by apply; long importable from here
 from ledger.models import (
     AccrualRecompute,
     BatchState,
@@ -34,18 +37,30 @@ from ledger.planners.visit_list import VisitListOptions, plan_visit_list
 from ledger.pricing import AccessPrice, price
 from ledger.projector import Flip, project
 from ledger.reports import plan_report, scan_report
-from ledger.retry import SERIALIZATION_FAILURE, sqlstate, with_backoff
-from ledger.schema import AccessOutcome, PlanReport, RunReport, ScanReport, to_builtins
-from ledger.sql import chunks, db_now, insert_rows, shared_strings, table
+from ledger.retry import (
+    FIRST_PAUSE,
+    LONGEST_PAUSE,
+    SERIALIZATION_FAILURE,
+    describe,
+    is_retryable,
+    sqlstate,
+    with_backoff,
+)
+from ledger.schema import (
+    AccessOutcome,
+    PendingRecompute,
+    PlanReport,
+    RunReport,
+    ScanReport,
+    to_builtins,
+)
+from ledger.sql import chunks, db_now, insert_rows, int_array, shared_strings, table
 from ledger.sql import cursor as sql_cursor
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
 PRICING_PASSES = 3
-
-
-class StalePlan(WrongState):
-    """The rule that produced a plan no longer gives the same answer: re-plan."""
+PROGRESS_SECONDS = 5.0  # between progress lines of a long recompute
 
 
 def _require_reason(reason: str | None) -> str:
@@ -116,6 +131,7 @@ def _store_plan(
     ticket: str,
     scope: dict,
     duplicate_entries: list[str],
+    reverts: CorrectionBatch | None = None,
 ) -> PlanReport:
     digest = plan_digest(rows)
     batch_id = uuid.uuid4()
@@ -124,6 +140,8 @@ def _store_plan(
         duplicate_entries,
     )  # fmt: skip
     with transaction.atomic():
+        if reverts is not None:
+            _check_undoable(_get_batch(str(reverts.pk), lock=True))
         batch = CorrectionBatch.objects.create(
             id=batch_id,
             planner=planner,
@@ -132,6 +150,7 @@ def _store_plan(
             planned_by=actor.username,
             plan_digest=digest,
             scope=scope,
+            reverts=reverts,
             summary={"plan": to_builtins(report)},
         )
         insert_rows(
@@ -164,23 +183,28 @@ def _priced_plan(
     *,
     insist: bool = False,
     progress: Progress | None = None,
+    reverts: CorrectionBatch | None = None,
+    stamps: dict[tuple[str, int], object] | None = None,
 ) -> PlanReport:
     """Price and store the rows as a planned batch; with nothing to flip, report and store none.
 
     A plan must hold after the host's own recompute: a planned work the recompute would move
     elsewhere (a rejected visit makes it rejected, say) is left out with reason
     ``would_not_hold`` and the rest re-priced — or, for a list that insists on every unit it
-    names, the plan is refused.
+    names, the plan is refused. An undo plan (``reverts``) carries its expectations already —
+    each row expects the event it inverts — and ``stamps``, the ``status_modified_date`` each
+    row restores, which prices approved work at the rate of its own day.
     """
     duplicate_entries = duplicate_entries or []
-    rows = with_expectations(rows)
+    if reverts is None:
+        rows = with_expectations(rows)
     prices: dict[int, AccessPrice] = {}
     for _ in range(PRICING_PASSES):
         if not any(not r.excluded for r in rows):
             return plan_report(
                 None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries
             )
-        pricing = price(rows, progress)
+        pricing = price(rows, progress, stamps=stamps)
         prices = pricing.prices
         if not pricing.unstable:
             break
@@ -205,6 +229,7 @@ def _priced_plan(
         ticket=ticket,
         scope=scope,
         duplicate_entries=duplicate_entries,
+        reverts=reverts,
     )
 
 
@@ -315,7 +340,7 @@ def approve_batch(batch_id: str, operator: str | None, plan_digest: str) -> Corr
         )
     with transaction.atomic():
         batch = _get_batch(batch_id, lock=True)
-        if batch.state != BatchState.planned or batch.planner == Planner.undo:
+        if batch.state != BatchState.planned:
             raise WrongState(f"batch {batch.pk} is {batch.state}; only a planned batch is approved")
         if batch.approved_by:
             raise WrongState(f"batch {batch.pk} was approved by {batch.approved_by} already")
@@ -379,47 +404,21 @@ def _write(fn: Callable[[list], T], *, what: str, progress: Progress | None) -> 
     )
 
 
-def _still_over_cap(batch: CorrectionBatch, rows: list[PlannedRow]) -> None:
-    """Refuse an over-cap plan that its rule no longer produces.
-
-    Another batch, or the host, may have changed which works rank past the cap since the plan
-    (a work within the cap set over_limit moves the next one back within it). Applying then
-    would leave a worker fewer live works than the cap.
-    """
-    scope = batch.scope
-    fresh = over_cap_rows(
-        OverCapOptions(
-            opportunity_ids=sorted(resolve_opportunities(scope["opportunities"]).values()),
-            exclude_work_ids=frozenset(scope.get("exclude_work_ids", [])),
-            include_paid=scope.get("include_paid", False),
-            skip_suspended=scope.get("skip_suspended", False),
-        )
-    )
-    over = {r.entity_id for r in fresh if r.entity_kind == "completed_work"}
-    planned = {r.entity_id for r in rows if r.entity_kind == "completed_work" and not r.excluded}
-    gone = sorted(planned - over)
-    if gone:
-        shown = ", ".join(map(str, gone[:10])) + (" …" if len(gone) > 10 else "")
-        raise StalePlan(
-            f"batch {batch.pk} is stale: {len(gone)} planned works are no longer past their "
-            f"cap (works {shown}); re-plan"
-        )
-
-
 def _auto_anchor(report: RunReport) -> None:
     """Anchor the chain head after a projection when a key and an anchor log are configured.
 
     The projection has committed: a segment the witness refuses to sign (or a key it refuses
-    to sign with) is reported on the run, never raised. Where the application holds no key —
-    the witness runs apart, under its own role — nothing is anchored here.
+    to sign with) is ``anchor_problem`` on the report, never raised. Where the application
+    holds no key — the witness runs apart, under its own role — nothing is anchored here.
     """
     from ledger import anchors
 
-    if anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block:
-        try:
-            report.anchor = anchors.encode(anchors.take())
-        except LedgerError as error:
-            report.anchor_problem = str(error)
+    if not (anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block):
+        return
+    try:
+        report.anchor = anchors.encode(anchors.take())
+    except LedgerError as error:
+        report.anchor_problem = str(error)
 
 
 def _mark_applied(batch: CorrectionBatch, actor: Actor, result) -> None:
@@ -456,51 +455,85 @@ def _planned_rows(batch: CorrectionBatch) -> list[PlannedRow]:
         return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
 
 
+def _flips(rows: Iterable[PlannedRow], stamps: dict[int, object] | None = None) -> list[Flip]:
+    """The projector's flips for the rows to flip. With ``stamps`` (an undo: inverted event id
+    -> the ``status_modified_date`` it overwrote) each flip inverts its row's expected event and
+    restores that stamp."""
+    if stamps is None:
+        return [
+            Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
+                 r.xform_id, r.from_status, r.to_status, None, None, r.prev_event_id, r.members)
+            for r in rows if not r.excluded
+        ]  # fmt: skip
+    return [
+        Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
+             r.xform_id, r.from_status, r.to_status, r.prev_event_id,
+             stamps.get(r.prev_event_id), r.prev_event_id, r.members)
+        for r in rows if not r.excluded
+    ]  # fmt: skip
+
+
+def _refuse_if_nothing_written(flips: list[Flip], result, what: str) -> None:
+    """A projection that skipped every unit it had is refused, not recorded as done."""
+    if flips and not result.events:
+        raise ConflictError(f"every unit of {what} conflicts", result.skipped)
+
+
+def _check_appliable(batch: CorrectionBatch) -> None:
+    if batch.state != BatchState.planned:
+        raise WrongState(f"batch {batch.pk} is {batch.state}; only a planned batch can be applied")
+    if conf.get("REQUIRE_APPROVAL") and not batch.approved_by:
+        raise WrongState(
+            f"batch {batch.pk} has not been approved: a reviewer other than "
+            f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
+            "--operator USERNAME --plan-digest DIGEST"
+        )
+    if batch.digest_format != digests.CURRENT_FORMAT:
+        raise WrongState(
+            f"batch {batch.pk} was planned with plan digest format {batch.digest_format}, "
+            "which does not cover every column apply uses; plan it again"
+        )
+
+
 def apply_batch(
     batch_id: str,
     operator: str | None = None,
     skip_conflicts: bool = False,
     progress: Progress | None = None,
 ) -> RunReport:
-    """Project a planned batch, then recompute the accruals of every access it touched."""
+    """Project a planned batch, then recompute the accruals of every access it touched.
+
+    Everything the reviewed plan relied on is re-checked under the projection's locks
+    (:mod:`ledger.assumptions`). A planned undo batch undoes the batch it reverts. Once the
+    projection has committed the report says so, whatever happens to the recompute after it.
+    """
     actor = people.actor(operator, people.APPLY)
 
-    def run(releases: list) -> RunReport:
+    def run(releases: list) -> tuple[RunReport, str | None]:
         batch = _get_batch(batch_id, lock=True)
-        if batch.state != BatchState.planned:
-            raise WrongState(
-                f"batch {batch.pk} is {batch.state}; only a planned batch can be applied"
-            )
-        if batch.planner == Planner.undo:
-            raise WrongState(f"batch {batch.pk} is an undo batch")
-        if conf.get("REQUIRE_APPROVAL") and not batch.approved_by:
-            raise WrongState(
-                f"batch {batch.pk} has not been approved: a reviewer other than "
-                f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
-                "--operator USERNAME --plan-digest DIGEST"
-            )
-        if batch.digest_format != digests.CURRENT_FORMAT:
-            raise WrongState(
-                f"batch {batch.pk} was planned with plan digest format {batch.digest_format}, "
-                "which does not cover every column apply uses; plan it again"
-            )
+        _check_appliable(batch)
         rows = _planned_rows(batch)
         if plan_digest(rows, presorted=True) != batch.plan_digest:
             raise WrongState(
                 f"batch {batch.pk}: its planned changes no longer match its plan digest "
                 "(altered since it was planned); plan it again"
             )
-        if batch.planner == Planner.over_cap:
-            _still_over_cap(batch, rows)
+        assumptions = Assumptions.of(batch, rows)
+        if batch.planner == Planner.undo:
+            original = _get_batch(str(batch.reverts_id), lock=True)
+            _check_undoable(original, planned_undo=batch)
+            flips = _flips(rows, _restored_stamps(r.prev_event_id for r in rows))
+            total = len(rows)
+            del rows
+            report = _project_undo(
+                batch, original, flips, total, actor, skip_conflicts, releases, assumptions
+            )
+            return report, str(original.pk)
         projected = {
             a["access_id"]: a["projected_accrual"]
             for a in batch.summary.get("plan", {}).get("accesses", [])
         }
-        flips = [
-            Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
-                 r.xform_id, r.from_status, r.to_status, None, None, r.prev_event_id, r.members)
-            for r in rows if not r.excluded
-        ]  # fmt: skip
+        flips = _flips(rows)
         del rows
         result = project(
             batch,
@@ -509,9 +542,11 @@ def apply_batch(
             skip_conflicts=skip_conflicts,
             projected_accruals=projected,
             releases=releases,
+            assumptions=assumptions,
         )
+        _refuse_if_nothing_written(flips, result, f"batch {batch.pk}")
         _mark_applied(batch, actor, result)
-        return RunReport(
+        report = RunReport(
             batch=str(batch.pk),
             state=BatchState.applied,
             action="apply",
@@ -520,39 +555,158 @@ def apply_batch(
             works=result.works,
             skipped_conflicts=result.skipped,
         )
+        return report, None
 
-    report = _write(run, what=f"apply of batch {batch_id}", progress=progress)
-    _auto_anchor(report)
-    if progress:
-        progress(f"projected {report.events} events; recomputing accruals")
-    recompute(batch_id=report.batch, progress=progress)
-    report.accesses = outcomes(report.batch)
-    report.pending_recomputes = sum(1 for a in report.accesses if a.state == "pending")
-    return report
+    report, original = _write(run, what=f"apply of batch {batch_id}", progress=progress)
+    return _after_commit(report, progress, original_batch=original)
 
 
-def _inverse_flips(original: CorrectionBatch) -> list[Flip]:
-    """The inverse of each of the batch's events not inverted yet, newest first: each restores
-    what its event overwrote and expects that event to be its entity's latest still."""
+def _check_undoable(original: CorrectionBatch, planned_undo: CorrectionBatch | None = None) -> None:
+    """An applied batch can be undone, by one undo at a time."""
+    if original.planner == Planner.undo:
+        raise WrongState(
+            f"batch {original.pk} is itself an undo; plan the correction again instead"
+        )
+    if original.state not in (BatchState.applied, BatchState.partially_undone):
+        raise WrongState(
+            f"batch {original.pk} is {original.state}; only an applied batch can be undone"
+        )
+    other = (
+        CorrectionBatch.objects.filter(reverts=original, state=BatchState.planned)
+        .exclude(pk=planned_undo.pk if planned_undo else None)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if other:
+        raise WrongState(
+            f"batch {original.pk} already has a planned undo, batch {other}: apply or discard "
+            "it first"
+        )
+
+
+def _undo_rows(original: CorrectionBatch) -> list[PlannedRow]:
+    """The inverse of each of the batch's events not inverted yet, as planned rows in digest
+    order: each restores what its event overwrote and expects that event (``prev_event_id``)
+    to be its entity's latest still in force, and the visits it recorded (``members``)."""
     events = table(CorrectionEvent)
     with sql_cursor(chunked=True) as cursor:
         cursor.execute(
-            f"""SELECT e.id, e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
-                       e.access_id, e.xform_id, e.from_status, e.to_status,
-                       e.prior_status_modified_date, e.members
+            f"""SELECT e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
+                       e.access_id, e.xform_id, e.to_status, e.from_status, '',
+                       COALESCE(a.suspended, false), e.id, e.members,
+                       w.payment_date IS NOT NULL, w.invoice_id IS NOT NULL
                 FROM {events} e
+                LEFT JOIN {table(host.CompletedWork)} w ON w.id = e.completed_work_id
+                LEFT JOIN {table(host.OpportunityAccess)} a ON a.id = e.access_id
                 WHERE e.batch_id = %s
                   AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)
-                ORDER BY e.id DESC""",
+                ORDER BY e.entity_kind, e.entity_id""",
             [original.pk],
         )
-        return [
-            Flip(sys.intern(kind), entity_id, work_id, opp_id, access_id, xform_id,
-                 sys.intern(to_status), sys.intern(from_status), event_id, prior_modified,
-                 event_id, members)
-            for (event_id, kind, entity_id, work_id, opp_id, access_id, xform_id,
-                 from_status, to_status, prior_modified, members) in chunks(cursor)
-        ]  # fmt: skip
+        return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
+
+
+def _restored_stamps(event_ids: Iterable[int | None]) -> dict[int, object]:
+    """The ``status_modified_date`` each inverted event overwrote, by event id."""
+    ids = sorted({pk for pk in event_ids if pk is not None})
+    found: dict[int, object] = {}
+    with sql_cursor(chunked=True) as cursor:
+        cursor.execute(
+            f"""SELECT id, prior_status_modified_date FROM {table(CorrectionEvent)}
+                WHERE id = ANY(%s::bigint[])""",
+            [int_array(ids)],
+        )
+        found.update(chunks(cursor))
+    return found
+
+
+def plan_undo(
+    batch_id: str,
+    reason: str,
+    operator: str | None = None,
+    ticket: str = "",
+    progress: Progress | None = None,
+) -> PlanReport:
+    """Plan the undo of an applied batch as a priced batch of its own, to be approved by
+    someone else and applied like any plan: undoing gives the pay back, so it moves money.
+
+    Each row inverts one of the batch's events not inverted yet. A unit the host's recompute
+    would not keep restored is left out (``would_not_hold``); the batch is then partially
+    undone by it, and can be undone again later.
+    """
+    reason = _require_reason(reason)
+    ticket = _check_ticket(ticket)
+    actor = people.actor(operator, people.PLAN)
+    original = _get_batch(batch_id)
+    _check_undoable(original)
+    rows = _undo_rows(original)
+    if not rows:
+        raise WrongState(f"batch {original.pk} has no event left to undo")
+    stamps = _restored_stamps(r.prev_event_id for r in rows)
+    report = _priced_plan(
+        Planner.undo, rows, reason, actor, ticket, {"reverts": str(original.pk)},
+        progress=progress, reverts=original,
+        stamps={(r.entity_kind, r.entity_id): stamps.get(r.prev_event_id) for r in rows},
+    )  # fmt: skip
+    if report.batch is None:
+        raise WrongState(
+            f"batch {original.pk}: the host's recompute would keep none of its units restored; "
+            "nothing to undo"
+        )
+    return report
+
+
+def _project_undo(
+    undo: CorrectionBatch,
+    original: CorrectionBatch,
+    flips: list[Flip],
+    total: int,
+    actor: Actor,
+    skip_conflicts: bool,
+    releases: list,
+    assumptions: Assumptions | None = None,
+) -> RunReport:
+    """Project an undo batch's inverse flips and move the batch it reverts along.
+
+    ``total`` counts every unit the undo was planned for (left-out ones included): those not
+    inverted now leave the original ``partially_undone``, to be undone again later. The
+    original's row is locked by the caller, so no other undo of it runs meanwhile.
+    """
+    result = project(
+        undo,
+        flips,
+        reason=undo.reason,
+        skip_conflicts=skip_conflicts,
+        releases=releases,
+        assumptions=assumptions,
+    )
+    _refuse_if_nothing_written(flips, result, f"the undo of batch {original.pk}")
+    _mark_applied(undo, actor, result)
+    if total == result.events:
+        original.state = BatchState.undone
+        original.undone_at = result.recorded_at
+        original.save(update_fields=["state", "undone_at"])
+    elif original.state == BatchState.applied:
+        original.state = BatchState.partially_undone
+        original.save(update_fields=["state"])
+    entries.record(
+        original,
+        "undo",
+        actor,
+        {"by_batch": str(undo.pk), "events": result.events, "state": original.state},
+        at=result.recorded_at,
+    )
+    return RunReport(
+        batch=str(undo.pk),
+        state=BatchState.applied,
+        action="undo",
+        reverts=str(original.pk),
+        reverted_state=original.state,
+        events=result.events,
+        visits=result.visits,
+        works=result.works,
+        skipped_conflicts=result.skipped,
+    )
 
 
 def undo_batch(
@@ -562,119 +716,160 @@ def undo_batch(
     skip_conflicts: bool = False,
     progress: Progress | None = None,
 ) -> RunReport:
-    """Append and project the inverse of an applied batch's events as a new batch.
+    """Undo an applied batch in one step: plan and project its inverse events as a new batch.
 
-    Only events not inverted yet are inverted, newest first, each expected to be its entity's
-    latest ledger event still. Skipped units (``skip_conflicts``) stay with the original batch,
-    which is then ``partially_undone`` and can be undone again later.
+    Only for deployments without approval (``LEDGER_REQUIRE_APPROVAL = False``); with it on an
+    undo is planned (:func:`plan_undo`), approved by someone else and applied like any batch.
+    Only events not inverted yet are inverted, each expected to be its entity's latest ledger
+    event still in force. Skipped units (``skip_conflicts``) stay with the original batch,
+    which is then ``partially_undone`` and can be undone again later; an undo that would skip
+    every unit is refused.
     """
     reason = _require_reason(reason)
     actor = people.actor(operator, people.APPLY)
+    if conf.get("REQUIRE_APPROVAL"):
+        raise WrongState(
+            "undoing a batch moves money, so it needs a second person's approval "
+            "(LEDGER_REQUIRE_APPROVAL): plan it with corrections plan undo --batch "
+            f"{batch_id} --reason TEXT, have someone else approve it, then apply it"
+        )
 
-    def run(releases: list) -> tuple[RunReport, CorrectionBatch]:
+    def run(releases: list) -> tuple[RunReport, str]:
         original = _get_batch(batch_id, lock=True)
-        if original.planner == Planner.undo:
-            raise WrongState(
-                f"batch {original.pk} is itself an undo; plan the correction again instead"
-            )
-        if original.state not in (BatchState.applied, BatchState.partially_undone):
-            raise WrongState(
-                f"batch {original.pk} is {original.state}; only an applied batch can be undone"
-            )
-        flips = _inverse_flips(original)
-        digest = plan_digest(
-            PlannedRow(f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
-                       f.access_id, f.xform_id, f.from_status, f.to_status, "", False,
-                       f.prev_event_id, f.members)
-            for f in flips
-        )  # fmt: skip
+        _check_undoable(original)
+        rows = _undo_rows(original)
         undo = CorrectionBatch.objects.create(
             planner=Planner.undo,
             reason=reason,
             planned_by=actor.username,
-            plan_digest=digest,
+            plan_digest=plan_digest(rows, presorted=True),
             reverts=original,
             scope={"reverts": str(original.pk)},
         )
         entries.record(undo, "plan", actor, entries.plan_details(undo))
-        result = project(
-            undo, flips, reason=reason, skip_conflicts=skip_conflicts, releases=releases
-        )
-        _mark_applied(undo, actor, result)
-        # The batch row is locked: no other undo of it can have run since the flips were read.
-        left = len(flips) - result.events
-        if left == 0:
-            original.state = BatchState.undone
-            original.undone_at = result.recorded_at
-            original.save(update_fields=["state", "undone_at"])
-        elif result.events:
-            original.state = BatchState.partially_undone
-            original.save(update_fields=["state"])
-        if result.events or left == 0:
-            entries.record(
-                original,
-                "undo",
-                actor,
-                {"by_batch": str(undo.pk), "events": result.events, "state": original.state},
-                at=result.recorded_at,
-            )
-        report = RunReport(
-            batch=str(undo.pk),
-            state=BatchState.applied,
-            action="undo",
-            reverts=str(original.pk),
-            reverted_state=original.state,
-            events=result.events,
-            visits=result.visits,
-            works=result.works,
-            skipped_conflicts=result.skipped,
-        )
-        return report, original
+        flips = _flips(rows, _restored_stamps(r.prev_event_id for r in rows))
+        total = len(rows)
+        del rows
+        report = _project_undo(undo, original, flips, total, actor, skip_conflicts, releases)
+        return report, str(original.pk)
 
     report, original = _write(run, what=f"undo of batch {batch_id}", progress=progress)
-    _auto_anchor(report)
+    return _after_commit(report, progress, original_batch=original)
+
+
+def _after_commit(
+    report: RunReport, progress: Progress | None, original_batch: str | None = None
+) -> RunReport:
+    """Anchor and recompute after a committed projection, and report it as committed.
+
+    Nothing here can turn a committed apply or undo into a refusal: what fails is a finding,
+    and accesses whose recompute is still pending are listed (``recompute --pending`` finishes
+    them).
+    """
+    try:
+        _auto_anchor(report)
+    except Exception as error:  # noqa: BLE001 - committed: report, never raise
+        report.findings.append(
+            f"the projection committed but anchoring it failed ({error}); run corrections anchor"
+        )
     if progress:
-        progress(f"projected {report.events} inverse events; recomputing accruals")
-    recompute(batch_id=report.batch, progress=progress)
-    report.accesses = outcomes(report.batch, original_batch=str(original.pk))
+        what = "inverse events" if report.action == "undo" else "events"
+        progress(f"projected {report.events} {what}; recomputing accruals")
+    try:
+        report.pending = recompute(batch_id=report.batch, progress=progress).pending
+        report.accesses = outcomes(report.batch, original_batch=original_batch)
+    except Exception as error:  # noqa: BLE001 - committed: report, never raise
+        report.findings.append(
+            f"the projection committed but the recompute stopped ({type(error).__name__}: "
+            f"{error}); run corrections recompute --pending"
+        )
+        return report
     report.pending_recomputes = sum(1 for a in report.accesses if a.state == "pending")
-    report.findings = [
-        f"access {a.access_id}: accrual {a.accrual_after} after the undo, "
-        f"{a.accrual_before_original} before the batch (something else moved it since)"
-        for a in report.accesses
-        if a.matches is False
-    ]
+    if original_batch:
+        report.findings += [
+            f"access {a.access_id}: accrual {a.accrual_after} after the undo, "
+            f"{a.accrual_before_original} before the batch (something else moved it since)"
+            for a in report.accesses
+            if a.matches is False and a.state != "pending"
+        ]
     return report
 
 
-def recompute(
-    batch_id: str | None = None, progress: Progress | None = None, every: int = 100
-) -> int:
-    """Finish pending accrual recomputes (of one batch, or all); return how many were done.
+class RecomputeRun(NamedTuple):
+    done: int  # accesses recomputed and marked done
+    pending: list[PendingRecompute]  # what is still pending, by access, with why
+
+
+def recompute(batch_id: str | None = None, progress: Progress | None = None) -> RecomputeRun:
+    """Finish pending accrual recomputes (of one batch, or all).
 
     Each access is recomputed by the host's ``update_payment_accrued_for_user`` with
     ``incremental=False`` (incremental mode skips works accrued before and since corrected)
-    and marked done in the same transaction of its own, so an interruption loses nothing but
-    time; live traffic is waited out, never deadlocked with (:mod:`ledger.accruals`).
+    and its pending rows are marked done in the same transaction of its own, so an
+    interruption loses nothing but time. One attempt per access per round: an access that live
+    traffic holds (or whose lock backend is unreachable) is passed over and tried again after
+    the others, with back-off, until ``LEDGER_RETRY_SECONDS``; an access whose recompute fails
+    is reported and left pending. One worker never holds up the others' accruals.
     """
     pending = AccrualRecompute.objects.filter(state=RecomputeState.pending)
     if batch_id is not None:
         pending = pending.filter(batch_id=_get_batch(batch_id).pk)
-    rows = list(pending.order_by("access_id", "id").values_list("id", "access_id"))
-    total = len(rows)
-    for done, (row_id, access_id) in enumerate(rows, start=1):
+    rows: dict[int, list[tuple[int, str]]] = {}
+    for row_id, access_id, batch in pending.order_by("access_id", "id").values_list(
+        "id", "access_id", "batch_id"
+    ):
+        rows.setdefault(access_id, []).append((row_id, str(batch)))
+    total, done = len(rows), 0
+    why: dict[int, str] = {}
+    left = sorted(rows)
+    deadline = time.monotonic() + conf.get("RETRY_SECONDS")
+    pause, shown = FIRST_PAUSE, time.monotonic()
+    while left:
+        busy = []
+        for access_id in left:
+            ids = [row_id for row_id, _ in rows[access_id]]
 
-        def mark_done(after: int | None, row_id: int = row_id) -> None:
-            # None: the access is gone; in the recompute's own transaction, so a crash leaves
-            # either both or neither.
-            AccrualRecompute.objects.filter(pk=row_id, state=RecomputeState.pending).update(
-                state=RecomputeState.done, accrual_after=after, done_at=Now()
+            def mark_done(after: int | None, ids: list[int] = ids) -> None:
+                # None: the access is gone. In the recompute's own transaction, so a crash
+                # leaves either both or neither.
+                AccrualRecompute.objects.filter(pk__in=ids, state=RecomputeState.pending).update(
+                    state=RecomputeState.done, accrual_after=after, done_at=Now()
+                )
+
+            try:
+                accruals.recompute_access(access_id, then=mark_done, patient=False)
+            except Exception as error:  # noqa: BLE001 - isolate: one access never stops the rest
+                if is_retryable(error):
+                    busy.append(access_id)
+                    why[access_id] = f"busy: {describe(error)}"
+                else:
+                    why[access_id] = f"failed: {type(error).__name__}: {error}"
+                continue
+            done += 1
+            why.pop(access_id, None)
+            if progress and (time.monotonic() - shown >= PROGRESS_SECONDS or done == total):
+                progress(f"recomputed {done}/{total} accesses")
+                shown = time.monotonic()
+        left_time = deadline - time.monotonic()
+        if not busy or left_time <= 0:
+            break
+        wait = min(pause * (0.5 + random.random()), left_time)
+        if progress:
+            progress(
+                f"{len(busy)} accesses busy (first: {busy[0]}, {why[busy[0]]}); "
+                f"trying them again in {wait:.2f} s"
             )
-
-        accruals.recompute_access(access_id, then=mark_done, progress=progress)
-        if progress and (done % every == 0 or done == total):
-            progress(f"recomputed {done}/{total} accesses")
-    return total
+        time.sleep(wait)
+        pause = min(pause * 2, LONGEST_PAUSE)
+        left = busy
+    return RecomputeRun(
+        done,
+        [
+            PendingRecompute(batch=batch, access_id=access_id, reason=reason)
+            for access_id, reason in sorted(why.items())
+            for _, batch in rows[access_id]
+        ],
+    )
 
 
 def outcomes(batch_id: str, original_batch: str | None = None) -> list[AccessOutcome]:
@@ -708,13 +903,17 @@ def outcomes(batch_id: str, original_batch: str | None = None) -> list[AccessOut
 
 
 def recompute_report(batch_id: str | None, progress: Progress | None = None) -> RunReport:
-    done = recompute(batch_id=batch_id, progress=progress)
-    pending = AccrualRecompute.objects.filter(state=RecomputeState.pending).count()
+    run = recompute(batch_id=batch_id, progress=progress)
+    still = AccrualRecompute.objects.filter(state=RecomputeState.pending)
+    if batch_id:
+        still = still.filter(batch_id=_get_batch(batch_id).pk)
+    pending = still.count()
     return RunReport(
         batch=batch_id or "",
         state="done" if not pending else "pending",
         action="recompute",
         accesses=outcomes(batch_id) if batch_id else [],
-        recomputed=done,
+        recomputed=run.done,
         pending_recomputes=pending,
+        pending=run.pending,
     )

@@ -78,7 +78,7 @@ def look_in_the_admin(database: str, stdout: TextIO) -> None:
     group = next(
         name for name, perms in GROUPS.items() if all(p.startswith("view_") for p in perms)
     )
-    _heading(stdout, "10. Look for yourself: the ledger in the admin (read-only)")
+    _heading(stdout, "12. Look for yourself: the ledger in the admin (read-only)")
     stdout.write(
         f"  DATABASE_NAME={shlex.quote(database)} ./manage.py runserver\n"
         "  then open http://127.0.0.1:8000/admin/ledger/ and sign in as\n"
@@ -146,7 +146,8 @@ def _accruals(data: IncidentData) -> dict[int, int]:
 
 
 def correct(data: IncidentData, stdout: TextIO) -> None:
-    """Plan → approve → apply → history → verify → undo → verify, as operators run them."""
+    """Plan → approve → apply → history → verify → plan undo → approve → apply → verify, as
+    operators run them."""
     import re
 
     from django.conf import settings
@@ -201,15 +202,26 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
         _corrections(stdout, "anchor", clip=True)  # one long signed line
     _corrections(stdout, "verify", *checked)
 
-    _heading(stdout, "8. Undo the batch (a rehearsal of the way back)")
-    _corrections(
-        stdout, "undo", "--batch", batch[:8], "--reason", "Demo: rehearse the rollback",
+    _heading(stdout, "8. Undo the batch (a rehearsal of the way back): planned and priced")
+    undo_plan = _corrections(
+        stdout, "plan", "undo", "--batch", batch[:8], "--reason", "Demo: rehearse the rollback",
         "--operator", OPERATOR,
     )  # fmt: skip
+    undo = re.search(r"Planned batch ([0-9a-f-]{36})", undo_plan).group(1)
+    undo_digest = re.search(r"Plan digest: ([0-9a-f]{64})", undo_plan).group(1)
+
+    _heading(stdout, f"9. {REVIEWER} (finance) approves the undo: it gives the pay back")
+    _corrections(
+        stdout, "approve", "--batch", undo[:8], "--plan-digest", undo_digest[:12],
+        "--operator", REVIEWER,
+    )  # fmt: skip
+
+    _heading(stdout, f"10. {OPERATOR} applies the undo")
+    _corrections(stdout, "apply", "--batch", undo[:8], "--operator", OPERATOR)
     _corrections(stdout, "history", "--visit", str(visit.pk))
     _corrections(stdout, "verify", *checked)
 
-    _heading(stdout, "9. Accruals: before, after apply, after undo")
+    _heading(stdout, "11. Accruals: before, after apply, after undo")
     after_undo = _accruals(data)
     stdout.write(f"{'worker':<8}{'access':>8}{'before':>10}{'applied':>10}{'undone':>10}\n")
     for key, access in sorted(data.accesses.items()):

@@ -79,11 +79,14 @@ class CorrectionBatchAdmin(ReadOnlyAdmin):
         return f"A batch id (or its first 8 characters){ticket}, exactly."
 
     def get_queryset(self, request):
-        latest_undo = CorrectionBatch.objects.filter(reverts=OuterRef("pk")).order_by("-created_at")
+        undos = CorrectionBatch.objects.filter(reverts=OuterRef("pk")).order_by("-created_at")
         return (
             super()
             .get_queryset(request)
-            .annotate(latest_undo=Subquery(latest_undo.values("id")[:1]))
+            .annotate(
+                latest_undo=Subquery(undos.filter(state=BatchState.applied).values("id")[:1]),
+                planned_undo=Subquery(undos.filter(state=BatchState.planned).values("id")[:1]),
+            )
         )
 
     def get_search_results(self, request, queryset, search_term):
@@ -159,6 +162,9 @@ class CorrectionBatchAdmin(ReadOnlyAdmin):
         latest = getattr(obj, "latest_undo", None)
         if latest:
             parts.append(format_html("undone by {}", batch_link(latest)))
+        planned = getattr(obj, "planned_undo", None)
+        if planned:
+            parts.append(format_html("undo planned: {}", batch_link(planned)))
         if not parts:
             return DASH
         return format_html("{}", format_html(" · ".join(["{}"] * len(parts)), *parts))
@@ -260,6 +266,11 @@ def _header(batch: CorrectionBatch, row: selectors.BatchRow, undos: list[dict]) 
     if batch.reverts_id:
         lineage.append(format_html("reverts {}", batch_link(batch.reverts_id, full=True)))
     for undo in undos:
+        if undo["state"] != BatchState.applied:  # an undo planned, or planned and discarded
+            lineage.append(
+                format_html("undo {}: {}", undo["state"], batch_link(undo["id"], full=True))
+            )
+            continue
         lineage.append(
             format_html(
                 "undone by {} ({}, {} events, {} skipped)",

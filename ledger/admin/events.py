@@ -97,7 +97,7 @@ class CorrectionEventAdmin(ReadOnlyAdmin):
     fields = ("reason",)
 
     def get_queryset(self, request):
-        undone = CorrectionBatch.objects.filter(reverts_id=OuterRef("batch_id"))
+        undone = CorrectionBatch.objects.filter(reverts_id=OuterRef("batch_id"), state="applied")
         return super().get_queryset(request).annotate(batch_has_undo=Exists(undone))
 
     def get_search_results(self, request, queryset, search_term):
@@ -198,7 +198,8 @@ def undo_notes(event, inverted) -> list:
     if batch.reverts_id is not None:
         return []
     notes = []
-    for undo in CorrectionBatch.objects.filter(reverts_id=batch.pk).order_by("created_at"):
+    undos = CorrectionBatch.objects.filter(reverts_id=batch.pk, state="applied")
+    for undo in undos.order_by("created_at"):
         if inverted is not None and inverted.batch_id == undo.pk:
             notes.append(
                 format_html(
@@ -274,9 +275,9 @@ def event_page(event: CorrectionEvent) -> dict:
         .first()
     )
     undo_batches = set(
-        CorrectionBatch.objects.filter(reverts_id__in={e.batch_id for e in timeline}).values_list(
-            "reverts_id", flat=True
-        )
+        CorrectionBatch.objects.filter(
+            reverts_id__in={e.batch_id for e in timeline}, state="applied"
+        ).values_list("reverts_id", flat=True)
     )
     timeline_rows = [
         [

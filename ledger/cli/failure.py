@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.core.management.base import CommandError
 
 from ledger.cli.output import clip, printable
-from ledger.errors import ConflictError, ExitCode, LedgerError
+from ledger.errors import ConflictError, ExitCode, LedgerError, StalePlan
 from ledger.schema import Conflict, ErrorReport
 
 MAX_MESSAGE = 1000
@@ -66,7 +66,7 @@ def one_line(message: str) -> str:
 def from_ledger_error(error: LedgerError) -> CorrectionsError:
     details: list[str] = []
     message = one_line(str(error))
-    if isinstance(error, ConflictError):
+    if isinstance(error, ConflictError | StalePlan) and error.conflicts:
         from ledger.cli.operate import describe_conflict
 
         message += "; nothing was written:"

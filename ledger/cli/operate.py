@@ -113,6 +113,24 @@ def add_parsers(subparsers) -> None:
     _common(visits)
     visits.set_defaults(handler=handle_plan_visits)
 
+    undo_plan = plans.add_parser(
+        "undo",
+        help="The undo of an applied batch, priced: a batch to approve and apply like any.",
+        description="Plan the undo of an applied batch: the inverse of each of its events not "
+        "undone yet, priced per access (what it gives back). Someone other than the planner "
+        "approves it; apply --batch then undoes the batch.",
+    )
+    _batch(undo_plan, "The applied batch to undo: its UUID, or the first 8 or more characters.")
+    undo_plan.add_argument(
+        "--reason",
+        metavar="TEXT",
+        required=True,
+        help=f"Why it is undone (at most {inputs.MAX_REASON} characters).",
+    )
+    _ticket(undo_plan)
+    _common(undo_plan)
+    undo_plan.set_defaults(handler=handle_plan_undo)
+
     approve = subparsers.add_parser(
         "approve",
         help="Record that you (not the planner) reviewed a batch's priced plan.",
@@ -141,8 +159,10 @@ def add_parsers(subparsers) -> None:
 
     undo = subparsers.add_parser(
         "undo",
-        help="Revert an applied batch with inverse events (a new batch).",
-        description="Undo an applied batch: append and project the inverse of its events.",
+        help="Revert an applied batch in one step (only where approval is off).",
+        description="Undo an applied batch in one step: append and project the inverse of its "
+        "events as a new batch. Where approval is required (LEDGER_REQUIRE_APPROVAL) an undo "
+        "is planned (plan undo), approved and applied like any batch instead.",
     )
     _batch(undo)
     undo.add_argument(
@@ -218,13 +238,10 @@ def add_parsers(subparsers) -> None:
     schema.set_defaults(handler=handle_schema)
 
 
-def _batch(parser) -> None:
-    parser.add_argument(
-        "--batch",
-        required=True,
-        metavar="ID",
-        help="The batch: its UUID, or the first 8 or more characters of it.",
-    )
+def _batch(
+    parser, help: str = "The batch: its UUID, or the first 8 or more characters of it."
+) -> None:
+    parser.add_argument("--batch", required=True, metavar="ID", help=help)
 
 
 def _ticket(parser) -> None:
@@ -335,6 +352,33 @@ def handle_plan_visits(options: dict, out: Output) -> None:
     print_plan(report, out)
 
 
+def handle_plan_undo(options: dict, out: Output) -> None:
+    operator = inputs.operator(options.get("operator"))
+    reason = inputs.reason(options.get("reason"))
+    ticket = inputs.ticket(options.get("ticket"))
+    batch = inputs.batch_id(options["batch"])
+    out.progress(f"planning the undo of batch {batch}")
+    report = services.plan_undo(
+        batch, reason=reason, operator=operator, ticket=ticket, progress=out.progress
+    )
+    print_plan(report, out)
+
+
+def _committed(report: RunReport) -> None:
+    """After a committed apply or undo: recomputes left pending, and a head the witness
+    refused to anchor, are findings (exit 1)."""
+    verb = "undo" if report.action == "undo" else "apply"
+    if report.pending_recomputes:
+        raise Findings(
+            f"{report.pending_recomputes} recomputes pending: the {verb} of batch "
+            f"{report.reverts or report.batch} committed; finish them with "
+            "./manage.py corrections recompute --pending"
+        )
+    if report.anchor_problem:
+        raise Findings(f"the {verb} of batch {report.reverts or report.batch} committed; the "
+                       f"chain head was not anchored: {report.anchor_problem}")  # fmt: skip
+
+
 def handle_apply(options: dict, out: Output) -> None:
     operator = inputs.operator(options.get("operator"))
     batch = inputs.batch_id(options["batch"])
@@ -346,14 +390,7 @@ def handle_apply(options: dict, out: Output) -> None:
         progress=out.progress,
     )
     print_run(report, out)
-    _anchor_refused(report)
-
-
-def _anchor_refused(report: RunReport) -> None:
-    """The write committed; a refused anchor is a finding (exit 1), not a failure."""
-    if report.anchor_problem:
-        raise Findings(f"{report.action} committed; the chain head was not anchored: "
-                       f"{report.anchor_problem}")  # fmt: skip
+    _committed(report)
 
 
 def handle_undo(options: dict, out: Output) -> None:
@@ -369,7 +406,7 @@ def handle_undo(options: dict, out: Output) -> None:
         progress=out.progress,
     )
     print_run(report, out)  # committed; accrual differences are findings, not failure
-    _anchor_refused(report)
+    _committed(report)
 
 
 def handle_approve(options: dict, out: Output) -> None:
@@ -405,6 +442,7 @@ def handle_recompute(options: dict, out: Output) -> None:
         out.line(
             f"Recomputed {report.recomputed} accesses; {report.pending_recomputes} still pending."
         )
+        _print_pending(report, out)
     if report.pending_recomputes:
         raise Findings(
             f"recompute: {report.pending_recomputes} recomputes still pending "
@@ -603,6 +641,11 @@ def describe_conflict(c, short=str) -> str:
         "latest_event": "latest ledger event",
         "missing": "row",
         "busy": "row lock",
+        "payment_date": "paid",
+        "invoice": "invoiced",
+        "suspended": "access suspended",
+        "paid_to_date": "paid to the worker to date",
+        "cap": "rank",
     }.get(c.what, c.what)
     found = c.found if c.found is not None else "none"
     text = f"{c.entity_kind} {c.entity_id}: {what} expected {c.expected}, found {found}"
@@ -655,18 +698,25 @@ def print_run(report: RunReport, out: Output) -> None:
             ]  # fmt: skip
         out.table(headers, rows)
     if report.findings:
-        out.line("Findings (the undo committed; look at these):")
+        out.line(f"Findings (the {report.action} committed; look at these):")
         for finding in report.findings:
             _wrap(out, finding, "  ")
     if report.anchor:
         out.note("anchored the chain head after the projection (LEDGER_ANCHOR_LOG)")
     elif report.anchor_problem:
         _wrap(out, f"Not anchored: {report.anchor_problem}")
-    if report.pending_recomputes:
-        out.line(
-            f"{report.pending_recomputes} recomputes pending: "
-            "run ./manage.py corrections recompute --pending"
-        )
+    _print_pending(report, out)
+
+
+def _print_pending(report: RunReport, out: Output) -> None:
+    if not report.pending:
+        return
+    out.line(f"Still pending ({len(report.pending)}), by access:")
+    out.table(
+        ["access", "batch", "why"],
+        [(p.access_id, out.short(p.batch), p.reason) for p in report.pending],
+        shrink=["why"],
+    )
 
 
 def plan_from_summary(summary: dict) -> PlanReport | None:

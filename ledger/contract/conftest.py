@@ -215,3 +215,19 @@ def apply(corrections):
         return corrections("apply", "--batch", plan["batch"], *extra)
 
     return run
+
+
+@pytest.fixture
+def undo(corrections, apply):
+    """Undo a batch as the host's approval setting asks: planned and priced, approved by the
+    reviewer and applied by the planner — or in one step where approval is off."""
+    from ledger import conf
+
+    def run(batch: str, reason: str, *extra: str):
+        if not conf.get("REQUIRE_APPROVAL"):
+            return corrections("undo", "--batch", batch, "--reason", reason, *extra)
+        planned = corrections("plan", "undo", "--batch", batch, "--reason", reason, "--json")
+        assert planned.code == 0, planned.err
+        return apply(planned.json, *extra)
+
+    return run

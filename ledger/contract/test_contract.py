@@ -103,14 +103,14 @@ def test_apply_then_verify_is_clean(world, corrections, apply):
     testing.assert_events_match_state()
 
 
-def test_undo_restores_every_cell(world, corrections, apply):
+def test_undo_restores_every_cell(world, corrections, apply, undo):
     opp, _, accesses = _over_cap_world(world, code="KES", rate=KES_RATE, amount=1300)
     before = _cells(accesses)
     plan = _plan(corrections, opp)
     assert apply(plan).code == 0
     assert _cells(accesses) != before
 
-    undone = corrections("undo", "--batch", plan["batch"], "--reason", "contract: undo")
+    undone = undo(plan["batch"], "contract: undo")
     assert undone.code == 0, undone.err
     assert _cells(accesses) == before
     testing.assert_batch_reverted(plan["batch"])
@@ -236,11 +236,11 @@ def test_four_eyes_a_plan_is_applied_only_after_someone_else_approves_it(
     assert (batch.planned_by, batch.approved_by, batch.applied_by) == (planner, reviewer, planner)
 
 
-def test_verify_holds_the_record_after_apply_and_undo(world, corrections, apply):
+def test_verify_holds_the_record_after_apply_and_undo(world, corrections, apply, undo):
     opp, _, _ = _over_cap_world(world)
     plan = _plan(corrections, opp)
     assert apply(plan).code == 0
-    assert corrections("undo", "--batch", plan["batch"], "--reason", "contract").code == 0
+    assert undo(plan["batch"], "contract").code == 0
     verified = corrections("verify", "--json")
     assert verified.code == 0, verified.out
     checks = {c["name"] for c in verified.json["checks"]}

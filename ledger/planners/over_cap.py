@@ -29,6 +29,7 @@ from ledger.host import (
 )
 from ledger.models import EntityKind, ExclusionReason
 from ledger.planners.rows import PlannedRow, fetch, table
+from ledger.sql import int_array
 
 OVER_LIMIT = VisitValidationStatus.over_limit.value
 VISIT_SKIP = (
@@ -128,19 +129,79 @@ def plan_over_cap(opts: OverCapOptions) -> list[PlannedRow]:
         excluded = _exclusion(work_status[work_id], paid, invoiced, work_id, susp, opts)
         rows.append(
             PlannedRow(
-                kind,
-                entity_id,
-                work_id,
-                opp_id,
-                access_id,
-                xform_id,
-                status,
-                OVER_LIMIT,
-                excluded,
-                susp,
+                kind, entity_id, work_id, opp_id, access_id, xform_id, status, OVER_LIMIT,
+                excluded, susp, paid=paid, invoiced=invoiced,
             )
-        )
+        )  # fmt: skip
     return rows
+
+
+_PARTS = """
+    parts AS (
+        SELECT DISTINCT opportunity_access_id AS access_id, payment_unit_id
+        FROM {works} WHERE id = ANY(%(works)s::bigint[])
+    ),
+    limits AS (
+        SELECT cl.id, c.opportunity_access_id AS access_id, cl.payment_unit_id, cl.max_visits
+        FROM {limits} cl
+        JOIN {claims} c ON c.id = cl.opportunity_claim_id
+        JOIN parts p
+          ON p.access_id = c.opportunity_access_id AND p.payment_unit_id = cl.payment_unit_id
+    )"""
+
+
+def _parts_sql() -> str:
+    return _PARTS.format(
+        works=table(CompletedWork),
+        limits=table(OpportunityClaimLimit),
+        claims=table(OpportunityClaim),
+    )
+
+
+def rank_context(work_ids: list[int]) -> tuple[list[int], list[int]]:
+    """What the rank of these works depends on: the ids of every work of the same worker and
+    payment unit (over_limit ones included: one set back would move the rest), and of the
+    claim limits that cap them."""
+    rows = fetch(
+        f"""WITH {_parts_sql()}
+            SELECT 'work', w.id FROM {table(CompletedWork)} w
+            JOIN parts p
+              ON p.access_id = w.opportunity_access_id AND p.payment_unit_id = w.payment_unit_id
+            UNION ALL
+            SELECT 'limit', id FROM limits""",
+        {"works": int_array(work_ids)},
+    )
+    return (
+        sorted(pk for kind, pk in rows if kind == "work"),
+        sorted(pk for kind, pk in rows if kind == "limit"),
+    )
+
+
+def ranks(work_ids: list[int]) -> dict[int, tuple[int | None, int | None]]:
+    """Each work's position among its worker's works of its payment unit that are not
+    over_limit, ordered as the rule orders them (None: over_limit itself), and the cap of that
+    payment unit (None: no claim limit). A work is past the cap when position > cap."""
+    rows = fetch(
+        f"""WITH {_parts_sql()},
+            ranked AS (
+                SELECT w.id, row_number() OVER (
+                           PARTITION BY w.opportunity_access_id, w.payment_unit_id
+                           ORDER BY w.date_created, w.id) AS position
+                FROM {table(CompletedWork)} w
+                JOIN parts p
+                  ON p.access_id = w.opportunity_access_id
+                 AND p.payment_unit_id = w.payment_unit_id
+                WHERE w.status <> %(over_limit)s
+            )
+            SELECT w.id, r.position, l.max_visits
+            FROM {table(CompletedWork)} w
+            LEFT JOIN ranked r ON r.id = w.id
+            LEFT JOIN limits l
+              ON l.access_id = w.opportunity_access_id AND l.payment_unit_id = w.payment_unit_id
+            WHERE w.id = ANY(%(works)s::bigint[])""",
+        {"works": int_array(work_ids), "over_limit": OVER_LIMIT},
+    )
+    return {pk: (position, cap) for pk, position, cap in rows}
 
 
 def resolve_opportunities(uuids: Collection[str]) -> dict[str, int]:

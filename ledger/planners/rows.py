@@ -24,6 +24,11 @@ class PlannedRow(NamedTuple):
     suspended: bool
     prev_event_id: int | None = None  # the entity's latest ledger event when planned
     members: str | None = None  # a work's visits when planned ("id:status,…")
+    # The unit's work when planned: paid (``payment_date`` set) and invoiced. Apply re-checks
+    # both under its locks (ledger.assumptions): a work paid during review is not what was
+    # priced and approved.
+    paid: bool = False
+    invoiced: bool = False
 
 
 # Positions of the fields that take a handful of values (see ledger.sql.shared_strings).

@@ -82,7 +82,8 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         )
         SELECT v.id, v.completed_work_id, v.opportunity_id,
                COALESCE(w.opportunity_access_id, v.opportunity_access_id),
-               v.xform_id, v.status, a.suspended, w.status, (n.id IS NOT NULL)
+               v.xform_id, v.status, a.suspended, w.status, (n.id IS NOT NULL),
+               w.payment_date IS NOT NULL, w.invoice_id IS NOT NULL
         FROM {table(UserVisit)} v
         LEFT JOIN named n ON n.id = v.id
         LEFT JOIN {table(CompletedWork)} w ON w.id = v.completed_work_id
@@ -107,7 +108,10 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         suspended,
         work_status,
         is_named,
+        paid,
+        invoiced,
     ) in rows:
+        paid, invoiced = bool(paid), bool(invoiced)
         if status in NEVER_FLIPPED or status == opts.to_status:
             if is_named:
                 reason = (
@@ -118,6 +122,7 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
                     PlannedRow(
                         EntityKind.visit.value, visit_id, work_id, opp_id, access_id, xform_id,
                         status, opts.to_status, reason.value, bool(suspended),
+                        paid=paid, invoiced=invoiced,
                     )
                 )  # fmt: skip
             continue
@@ -136,10 +141,12 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
                 opts.to_status,
                 "",
                 bool(suspended),
+                paid=paid,
+                invoiced=invoiced,
             )
         )
         if work_id is not None:
-            works_seen[work_id] = (opp_id, access_id, work_status, bool(suspended))
+            works_seen[work_id] = (opp_id, access_id, work_status, bool(suspended), paid, invoiced)
     if missing:
         first = sorted(missing)[:5]
         detail = "; ".join(f"work {w} lacks {', '.join(missing[w])}" for w in first)
@@ -148,7 +155,8 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
             f"the list names only some visits of {len(missing)} completed works: "
             f"{detail}{more}; add them or use --expand"
         )
-    for work_id, (opp_id, access_id, work_status, suspended) in sorted(works_seen.items()):
+    for work_id, seen in sorted(works_seen.items()):
+        opp_id, access_id, work_status, suspended, paid, invoiced = seen
         if work_status != work_to:
             planned.append(
                 PlannedRow(
@@ -162,6 +170,8 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
                     work_to,
                     "",
                     suspended,
+                    paid=paid,
+                    invoiced=invoiced,
                 )
             )
     return planned

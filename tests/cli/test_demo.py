@@ -23,7 +23,7 @@ def test_the_demo_fits_100_columns_reruns_and_ends_at_the_admin(db, settings, tm
         assert "Every accrual is back where it was." in text
         assert "Ledger verified: all checks passed." in text
         assert "By opportunity" in text and "worker Δ USD" in text
-        tail = text[text.index("== 10. Look for yourself") :]
+        tail = text[text.index("== 12. Look for yourself") :]
         assert "http://127.0.0.1:8000/admin/ledger/" in tail and "runserver" in tail
     admin, auditor = User.objects.get(username="admin"), User.objects.get(username="auditor")
     assert admin.is_superuser and admin.is_staff

@@ -62,8 +62,13 @@ def test_every_json_output_validates(world, tmp_path, settings):
     )  # fmt: skip
     applied = _json("apply", "--batch", plan["batch"], "--json")
     check("run", applied)
-    undone = _json("undo", "--batch", plan["batch"], "--reason", "r", "--json")
+    undo = _json("plan", "undo", "--batch", plan["batch"], "--reason", "r", "--json")
+    check("plan", undo)
+    _json("approve", "--batch", undo["batch"], "--plan-digest", undo["plan_digest"],
+          "--operator", "alice", "--json")  # fmt: skip
+    undone = _json("apply", "--batch", undo["batch"], "--json")
     check("run", undone)
+    assert (undone["action"], undone["reverts"]) == ("undo", plan["batch"])
     check("run", _json("recompute", "--pending", "--json"))
     check("run", _json("recompute", "--batch", plan["batch"], "--json"))
     check("discard", _json("discard", "--batch", world.planned, "--json"))

@@ -44,15 +44,13 @@ def test_crash_after_commit_leaves_pending_recomputes_that_resume(incident, run)
         )
     }
 
-    # Another session holds the first access's row: the projection only reads it and commits,
-    # then the recompute cannot have the row (it retries, never blocks), where we kill it as a
-    # crash would.
+    # Another session holds the first access's row FOR SHARE: the projection, which only
+    # shares it (a suspension must not change under it), commits; then the recompute cannot
+    # update the row (it retries, never blocks), where we kill it as a crash would.
     holder = connection.get_new_connection(connection.get_connection_params())
     holder.autocommit = False
     holding = holder.cursor()
-    holding.execute(
-        "SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR UPDATE", [first]
-    )
+    holding.execute("SELECT id FROM opportunity_opportunityaccess WHERE id = %s FOR SHARE", [first])
     env = {**os.environ, "DATABASE_NAME": connection.settings_dict["NAME"]}
     child = subprocess.Popen(
         [

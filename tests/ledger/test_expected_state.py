@@ -75,9 +75,11 @@ def test_undo_of_an_older_batch_is_refused_while_a_newer_one_owns_the_entity(cap
     assert ledger_counts() == counts
     assert CompletedWork.objects.get(pk=target.pk).status == "over_limit"
 
+    # Skipping every unit would undo nothing: refused, and no empty undo batch is recorded.
     skipped = run("undo", "--batch", first, "--reason", "older batch", "--skip-conflicts")
-    assert skipped.code == 0, skipped.err
-    assert "Skipped" in skipped.out
+    assert skipped.code == 5, skipped.err
+    assert "every unit of the undo of batch" in skipped.err
+    assert ledger_counts() == counts
     assert CorrectionBatch.objects.get(pk=first).state == "applied"  # nothing of it inverted
     assert CompletedWork.objects.get(pk=target.pk).status == "over_limit"
 
@@ -104,10 +106,13 @@ def test_a_visit_moved_to_another_work_is_a_conflict(capped, run, tmp_path):
     )
     assert ledger_counts() == counts
 
+    # Skipping its only unit would apply nothing: refused, the batch stays planned.
     skipped = run("apply", "--batch", plan["batch"], "--skip-conflicts", "--json")
-    assert skipped.code == 0, skipped.err
-    assert skipped.json["events"] == 0
-    assert {c["what"] for c in skipped.json["skipped_conflicts"]} >= {"completed_work"}
+    assert skipped.code == 5, skipped.err
+    assert skipped.json["error"] == "conflict"
+    assert {c["what"] for c in skipped.json["conflicts"]} >= {"completed_work"}
+    assert ledger_counts() == counts
+    assert CorrectionBatch.objects.get(pk=plan["batch"]).state == "planned"
     testing.assert_events_match_state()
 
 

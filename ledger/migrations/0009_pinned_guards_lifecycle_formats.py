@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0007_event_hash_not_indexed'),
+        ('ledger', '0008_planned_change_paid_invoiced'),
     ]
 
     operations = [
