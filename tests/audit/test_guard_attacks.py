@@ -30,8 +30,8 @@ FAKE_PG_CLASS = (
 )
 A_PLANNED_CHANGE = (
     f"INSERT INTO {PLANNED} (batch_id, entity_kind, entity_id, opportunity_id, from_status, "
-    "to_status, excluded, suspended) VALUES (%s, 'visit', 1, 1, 'approved', 'over_limit', '', "
-    "false)"
+    "to_status, excluded, suspended, paid, invoiced) VALUES (%s, 'visit', 1, 1, 'approved', "
+    "'over_limit', '', false, false, false)"
 )
 
 

@@ -148,7 +148,7 @@ def test_apply_reports_a_refused_anchor_as_a_finding(settings, tmp_path, run):
     forge_entry(plan.batch, "approve", "alice", alice.pk, {"plan_digest": plan.plan_digest})
     result = run("apply", "--batch", plan.batch, "--operator", "bob")
     assert result.code == 1
-    assert "apply committed; the chain head was not anchored" in result.err
+    assert "committed; the chain head was not anchored" in result.err
     assert "approved by its own planner" in result.err
     assert CorrectionEvent.objects.filter(batch_id=plan.batch).exists()
 
