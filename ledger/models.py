@@ -1,14 +1,16 @@
 """The ledger's records and the database guards that keep them honest.
 
 * :class:`CorrectionBatch` — one reviewed correction: its planner, scope, reason, operators and
-  lifecycle. State transitions (planned → applied → undone, with partially_undone between when
-  an undo skipped units; planned → discarded) are enforced by a database trigger. Each event is
+  lifecycle. A batch is inserted only as planned, with the database's time; state transitions
+  (planned → applied → undone, with partially_undone between when an undo skipped units;
+  planned → discarded) are enforced by a database trigger. Each event is
   inverted at most once (a unique one-to-one between events), so no batch is undone twice.
 * :class:`PlannedChange` — what a planned batch would flip, with exclusions and why. Frozen by
   a trigger once its batch leaves ``planned``.
 * :class:`CorrectionEvent` — one status flip. UPDATE, DELETE and TRUNCATE are refused by the
-  database itself, so raw SQL cannot rewrite history either. Each event carries a hash chained
-  to the previous event's (see :mod:`ledger.chain`).
+  database itself, so raw SQL cannot rewrite history either; new events come in the current
+  hash format and never recorded before the event they follow. Each event carries a hash
+  chained to the previous event's (see :mod:`ledger.chain`).
 * :class:`AccrualRecompute` — one row per (batch, access), written in the projection's
   transaction so a crash before the recompute finishes leaves visible, resumable work.
 * :class:`LedgerHead` — one row: the chain's head. Locking it serialises every ledger write, so
