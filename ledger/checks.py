@@ -31,3 +31,17 @@ def check_access_lock(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             )
         ]
     return []
+
+
+@checks.register()
+def check_anchor_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from ledger import anchors
+
+    return [
+        checks.Error(
+            problem,
+            hint="Anchors signed with a weak key can be forged by whoever guesses it.",
+            id="ledger.E002",
+        )
+        for problem in anchors.configuration_problems()
+    ]
