@@ -30,18 +30,17 @@ the batch like conflicting ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import connection
 
 from ledger.host import CompletedWork, OpportunityAccess, OpportunityClaimLimit, Payment
-from ledger.models import CorrectionBatch, EntityKind, Planner
+from ledger.models import CorrectionBatch, EntityKind, PlannedChange, Planner
 from ledger.planners import over_cap
-from ledger.planners.rows import PlannedRow
 from ledger.schema import Conflict
-from ledger.sql import int_array, lock_rows_patiently, table
+from ledger.sql import int_array, lock_ids_patiently, table
 from ledger.state import unit_of
 
 WORK = EntityKind.completed_work.value
@@ -51,46 +50,41 @@ HELD = "a row its re-check needs is held by a live request"
 
 @dataclass
 class Assumptions:
-    """The facts a batch's plan was reviewed on, for the units it would flip.
+    """The facts a batch's plan was reviewed on, checked against its planned changes.
 
-    The projector calls :meth:`lock_caps` right after the chain head — before the accrual
-    locks, in the order the host's form processor takes its own: the claim limit row first —
-    and :meth:`check` once it holds the units' rows.
+    The plan-time facts live on the planned changes themselves (``paid``, ``invoiced``,
+    ``suspended``) and in its priced summary (paid to date); the checks compare them with the
+    host's rows in SQL, so no batch is held in memory. The projector calls :meth:`lock_caps`
+    right after the chain head — before the accrual locks, in the order the host's form
+    processor takes its own: the claim limit row first — and :meth:`check` once it holds the
+    units' rows.
     """
 
-    # Planned work id -> (paid, invoiced) when planned.
-    payment: Mapping[int, tuple[bool, bool]] = field(default_factory=dict)
-    # Access id -> suspended when planned.
-    suspended: Mapping[int, bool] = field(default_factory=dict)
-    # Access id -> paid to date in the priced plan (absent: the plan was not priced).
+    batch_id: object
+    # Access id -> paid to date in the priced plan (empty: the plan was not priced).
     paid_to_date: Mapping[int, Decimal] = field(default_factory=dict)
     # Whether each planned work must still rank past its worker's cap (the over-cap rule).
     past_cap: bool = False
-    # Filled by lock_caps, each with its (worker, payment unit) partition: the planned works,
-    # the works ranked before them that their rank depends on, and the partitions whose claim
+    # Filled by lock_caps, each with its (worker, payment unit) partition: the works ranked
+    # before the planned ones that their rank depends on, and the partitions whose claim
     # limit live traffic kept.
-    _partition_of: dict[int, tuple[int, int]] = field(default_factory=dict)
     _before: dict[int, tuple[int, int]] = field(default_factory=dict)
     _held_partitions: set[tuple[int, int]] = field(default_factory=set)
 
     @classmethod
-    def of(cls, batch: CorrectionBatch, rows: Sequence[PlannedRow]) -> Assumptions:
-        payment: dict[int, tuple[bool, bool]] = {}
-        suspended: dict[int, bool] = {}
-        for r in rows:
-            if r.excluded:
-                continue
-            if r.entity_kind == WORK:
-                payment[r.entity_id] = (r.paid, r.invoiced)
-            if r.access_id is not None:
-                suspended[r.access_id] = r.suspended
+    def of(cls, batch: CorrectionBatch) -> Assumptions:
         priced = (batch.summary or {}).get("plan", {}).get("accesses", [])
         paid_to_date = {
             a["access_id"]: Decimal(str(a.get("paid_to_date") or 0))
             for a in priced
             if a.get("access_id") is not None
         }
-        return cls(payment, suspended, paid_to_date, batch.planner == Planner.over_cap)
+        return cls(batch.pk, paid_to_date, batch.planner == Planner.over_cap)
+
+    def _planned_works(self) -> list[int]:
+        return [row[0] for row in _fetch(f"{_PLANNED} AND p.entity_kind = 'completed_work' "
+                                         "ORDER BY p.entity_id", [self.batch_id],
+                                         columns="p.entity_id")]  # fmt: skip
 
     def lock_caps(self, deadline: float, skipping: bool) -> None:
         """For over-cap plans: lock the claim limits of the planned works' partitions.
@@ -102,87 +96,85 @@ class Assumptions:
         When ``skipping``, a claim limit still held at ``deadline`` makes its partition's units
         busy (:meth:`check` reports them); otherwise it is ``LockBusy``.
         """
-        if not self.past_cap or not self.payment:
+        if not self.past_cap:
             return
-        self._partition_of, self._before, limits = over_cap.rank_context(sorted(self.payment))
+        works = self._planned_works()
+        if not works:
+            return
+        self._before, limits = over_cap.rank_context(works)
         held: list[int] | None = [] if skipping else None
-        lock_rows_patiently(
-            OpportunityClaimLimit, ("max_visits",), sorted(limits), strength="SHARE",
-            deadline=deadline, busy=held,
-        )  # fmt: skip
+        lock_ids_patiently(
+            OpportunityClaimLimit, sorted(limits), strength="SHARE", deadline=deadline, busy=held
+        )
         self._held_partitions = {limits[pk] for pk in held or ()}
 
-    def check(
-        self,
-        flips: Sequence,
-        works_now: Mapping[int, tuple],
-        deadline: float,
-        busy: set[tuple[str, int]] | None = None,
-    ) -> list[Conflict]:
+    def check(self, deadline: float, busy: set[tuple[str, int]] | None = None) -> list[Conflict]:
         """Lock what the facts live in, read them, and list every unit where one differs.
 
-        ``flips`` are the projector's, in the order it applies them; ``works_now`` the work
-        rows it holds (id -> status, stamp, access). ``busy`` is given when skipping
-        conflicts: the units whose rows live traffic kept (skipped already, not checked), to
-        which units whose facts' rows stay held past ``deadline`` are added, as busy
-        conflicts. Without it a row held past the deadline is ``LockBusy`` (retried).
+        ``busy`` is given when skipping conflicts: the units whose rows live traffic kept
+        (skipped already, not checked), to which units whose facts' rows stay held past
+        ``deadline`` are added, as busy conflicts. Without it a row held past the deadline is
+        ``LockBusy`` (retried).
         """
-        units: dict[tuple[str, int], object] = {}  # each unit's first flip, by unit
-        for f in flips:
-            if busy is None or _unit_of(f) not in busy:
-                units.setdefault(_unit_of(f), f)
         found: list[Conflict] = []
+        skip = busy if busy is not None else set()
 
-        def held(unit_flips) -> None:
-            for f in list(unit_flips):
-                if _unit_of(f) not in busy:
-                    busy.add(_unit_of(f))
-                    found.append(_stale(f, works_now, "busy", "free", HELD))
+        def held(rows) -> None:
+            for row in rows:
+                unit = _unit_key(row)
+                if unit not in skip:
+                    skip.add(unit)
+                    found.append(_stale(row, "busy", "free", HELD))
 
         if self._held_partitions:
-            held(
-                f
-                for (kind, pk), f in units.items()
-                if kind == WORK and self._partition_of.get(pk) in self._held_partitions
-            )
-        units = {u: f for u, f in units.items() if busy is None or u not in busy}
-        access_ids = sorted({f.access_id for f in units.values() if f.access_id in self.suspended})
+            held(_units_in_partitions(self.batch_id, self._held_partitions))
+        access_ids = [pk for (pk,) in _fetch(
+            f"{_PLANNED} AND p.access_id IS NOT NULL GROUP BY p.access_id ORDER BY 1",
+            [self.batch_id], columns="p.access_id")]  # fmt: skip
         held_accesses: list[int] | None = [] if busy is not None else None
-        lock_rows_patiently(
-            OpportunityAccess, ("suspended",), access_ids, strength="SHARE", deadline=deadline,
+        lock_ids_patiently(
+            OpportunityAccess, access_ids, strength="SHARE", deadline=deadline,
             busy=held_accesses,
         )  # fmt: skip
         if held_accesses:
-            held(f for f in units.values() if f.access_id in set(held_accesses))
-            units = {u: f for u, f in units.items() if u not in busy}
-        work_ids = sorted(pk for kind, pk in units if kind == WORK and pk in self.payment)
-        now_payment, now_suspended, now_paid = _read_facts(work_ids, access_ids)
-        for work_id in work_ids:
-            f = units[(WORK, work_id)]
-            if work_id not in now_payment:
-                continue  # gone: compare-and-set reports a missing row
-            was_paid, was_invoiced = self.payment[work_id]
-            paid_on, invoice = now_payment[work_id]
+            held(_units_of_accesses(self.batch_id, held_accesses))
+        work, access = table(CompletedWork), table(OpportunityAccess)
+        for row in _fetch(
+            f"""{_PLANNED} AND p.entity_kind = 'completed_work'
+                AND ((w.payment_date IS NOT NULL) <> p.paid
+                     OR (w.invoice_id IS NOT NULL) <> p.invoiced)""",
+            [self.batch_id],
+            columns=f"{_UNIT_COLUMNS}, p.paid, w.payment_date, p.invoiced, w.invoice_id",
+            join=f"JOIN {work} w ON w.id = p.entity_id",
+        ):
+            if _unit_key(row) in skip:
+                continue
+            was_paid, paid_on, was_invoiced, invoice = row[-4:]
             if was_paid != (paid_on is not None):
-                found.append(_stale(f, works_now, "payment_date", _yes(was_paid), paid_on))
+                found.append(_stale(row, "payment_date", _yes(was_paid), paid_on))
             if was_invoiced != (invoice is not None):
-                found.append(_stale(f, works_now, "invoice", _yes(was_invoiced), invoice))
-        for f in units.values():
-            access_id = f.access_id
-            was, now = self.suspended.get(access_id), now_suspended.get(access_id)
-            if was is not None and now is not None and was != now:
-                found.append(_stale(f, works_now, "suspended", _yes(was), _yes(now)))
-            if access_id in self.paid_to_date:
-                before, after = self.paid_to_date[access_id], now_paid.get(access_id, ZERO)
-                if after != before:
-                    found.append(
-                        _stale(f, works_now, "paid_to_date", f"{before:.2f}", f"{after:.2f}")
-                    )
-        if self.past_cap and work_ids:
-            found.extend(self._rank_problems(work_ids, units, works_now, deadline, held, busy))
+                found.append(_stale(row, "invoice", _yes(was_invoiced), invoice))
+        for row in _first_of_each_unit(
+            _fetch(
+                f"{_PLANNED} AND a.suspended <> p.suspended",
+                [self.batch_id],
+                columns=f"{_UNIT_COLUMNS}, p.suspended, a.suspended",
+                join=f"JOIN {access} a ON a.id = p.access_id",
+            )
+        ):
+            if _unit_key(row) not in skip:
+                found.append(_stale(row, "suspended", _yes(row[-2]), _yes(row[-1])))
+        if self.paid_to_date:
+            changed = _paid_to_date_changes(self.paid_to_date, access_ids)
+            for row in _units_of_accesses(self.batch_id, sorted(changed)):
+                if _unit_key(row) not in skip:
+                    before, after = changed[row[_ACCESS]]
+                    found.append(_stale(row, "paid_to_date", f"{before:.2f}", f"{after:.2f}"))
+        if self.past_cap:
+            found.extend(self._rank_problems(deadline, held, skip, busy is not None))
         return found
 
-    def _rank_problems(self, work_ids, units, works_now, deadline, held, busy) -> list[Conflict]:
+    def _rank_problems(self, deadline, held, skip, skipping) -> list[Conflict]:
         """Each planned work's rank past its cap, under locks on what the rank depends on.
 
         The claim limits are held (:meth:`lock_caps`) and the planned works too (``FOR
@@ -191,77 +183,119 @@ class Assumptions:
         skipped as busy is past the cap itself: whatever becomes of it cannot bring a later
         one back within the cap.)
         """
-        others = sorted(pk for pk in self._before if pk not in works_now)
-        held_works: list[int] | None = [] if busy is not None else None
-        lock_rows_patiently(
-            CompletedWork, ("status",), others, strength="SHARE", deadline=deadline,
+        held_works: list[int] | None = [] if skipping else None
+        lock_ids_patiently(
+            CompletedWork, sorted(self._before), strength="SHARE", deadline=deadline,
             busy=held_works,
         )  # fmt: skip
         if held_works:
-            parts = {self._before[pk] for pk in held_works}
-            held(units[(WORK, pk)] for pk in work_ids if self._partition_of.get(pk) in parts)
-            work_ids = [pk for pk in work_ids if (WORK, pk) not in busy]
+            held(_units_in_partitions(self.batch_id, {self._before[pk] for pk in held_works}))
+        works = [pk for pk in self._planned_works() if (WORK, pk) not in skip]
+        back = {pk: (position, cap) for pk, position, cap in over_cap.back_within_cap(works)}
+        if not back:
+            return []
         problems = []
-        for work_id, (position, cap) in sorted(over_cap.ranks(work_ids).items()):
-            f = units.get((WORK, work_id))
-            if f is None or position is None:
-                continue  # over_limit already: compare-and-set reports the status
-            if cap is None or position <= cap:
-                now = "no claim limit" if cap is None else f"position {position} of {cap}"
-                problems.append(_stale(f, works_now, "cap", "past the cap", now))
+        for row in _fetch(
+            f"{_PLANNED} AND p.entity_kind = 'completed_work' AND p.entity_id = ANY(%s::bigint[])"
+            " ORDER BY p.entity_id",
+            [self.batch_id, int_array(back)],
+            columns=_UNIT_COLUMNS,
+        ):
+            position, cap = back[row[1]]
+            now = "no claim limit" if cap is None else f"position {position} of {cap}"
+            problems.append(_stale(row, "cap", "past the cap", now))
         return problems
+
+
+# Planned changes to flip, aliased p, with the work's status now (aliased cw) for naming it.
+_PLANNED = "WHERE p.batch_id = %s AND p.excluded = ''"
+# kind, id, work, from status, access, the unit's work's status now
+_UNIT_COLUMNS = (
+    "p.entity_kind, p.entity_id, p.completed_work_id, p.from_status, p.access_id, cw.status"
+)
+_ACCESS = 4
+
+
+def _fetch(where: str, params: list, *, columns: str, join: str = "") -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT {columns} FROM {table(PlannedChange)} p
+                LEFT JOIN {table(CompletedWork)} cw ON cw.id = p.completed_work_id
+                {join} {where}""",
+            params,
+        )
+        return cursor.fetchall()
+
+
+def _unit_key(row: tuple) -> tuple[str, int]:
+    return unit_of(row[0], row[1], row[2])
+
+
+def _first_of_each_unit(rows: list[tuple]) -> list[tuple]:
+    """One row per unit: its work's own row where there is one (kinds sort works first)."""
+    first: dict[tuple[str, int], tuple] = {}
+    for row in sorted(rows, key=lambda r: (r[0], r[1])):
+        first.setdefault(_unit_key(row), row)
+    return list(first.values())
+
+
+def _units_of_accesses(batch_id, access_ids) -> list[tuple]:
+    if not access_ids:
+        return []
+    return _first_of_each_unit(
+        _fetch(f"{_PLANNED} AND p.access_id = ANY(%s::bigint[])",
+               [batch_id, int_array(access_ids)], columns=_UNIT_COLUMNS)
+    )  # fmt: skip
+
+
+def _units_in_partitions(batch_id, partitions: set[tuple[int, int]]) -> list[tuple]:
+    """The planned units whose work belongs to one of these (access, payment unit)."""
+    if not partitions:
+        return []
+    accesses, units = zip(*sorted(partitions), strict=True)
+    return _first_of_each_unit(
+        _fetch(
+            f"""{_PLANNED} AND (cw.opportunity_access_id, cw.payment_unit_id) IN (
+                    SELECT * FROM unnest(%s::bigint[], %s::bigint[]))""",
+            [batch_id, int_array(accesses), int_array(units)],
+            columns=_UNIT_COLUMNS,
+        )
+    )
+
+
+def _paid_to_date_changes(
+    planned: Mapping[int, Decimal], access_ids: list[int]
+) -> dict[int, tuple[Decimal, Decimal]]:
+    """Accesses whose payments to date differ from the priced plan's: (then, now)."""
+    wanted = [pk for pk in access_ids if pk in planned]
+    if not wanted:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT opportunity_access_id, sum(amount) FROM {table(Payment)}
+                WHERE opportunity_access_id = ANY(%s::bigint[]) GROUP BY 1""",
+            [int_array(wanted)],
+        )
+        now = {pk: Decimal(total) for pk, total in cursor.fetchall()}
+    return {
+        pk: (planned[pk], now.get(pk, ZERO)) for pk in wanted if now.get(pk, ZERO) != planned[pk]
+    }
 
 
 def _yes(value: bool) -> str:
     return "yes" if value else "no"
 
 
-def _unit_of(f) -> tuple[str, int]:
-    return unit_of(f.entity_kind, f.entity_id, f.completed_work_id)
-
-
-def _stale(f, works_now: Mapping[int, tuple], what: str, expected, found) -> Conflict:
+def _stale(row: tuple, what: str, expected, found) -> Conflict:
     """A unit whose plan-time fact ``what`` no longer holds, in compare-and-set's terms."""
-    kind, pk = _unit_of(f)
-    row = works_now.get(pk) if kind == WORK else None
+    kind, pk = _unit_key(row)
     return Conflict(
         entity_kind=kind,
         entity_id=pk,
-        completed_work_id=f.completed_work_id,
-        expected_status=f.from_status,
-        found_status=row[0] if row else None,
+        completed_work_id=row[2],
+        expected_status=row[3],
+        found_status=row[5] if kind == WORK else None,
         what=what,
         expected=str(expected),
         found="none" if found is None else str(found),
     )
-
-
-def _read_facts(work_ids: list[int], access_ids: list[int]):
-    """Under the locks: each work's payment date and invoice, each access's suspension and
-    what has been paid to it."""
-    payment: dict[int, tuple] = {}
-    suspended: dict[int, bool] = {}
-    paid: dict[int, Decimal] = {}
-    with connection.cursor() as cursor:
-        if work_ids:
-            cursor.execute(
-                f"""SELECT id, payment_date, invoice_id FROM {table(CompletedWork)}
-                    WHERE id = ANY(%s::bigint[])""",
-                [int_array(work_ids)],
-            )
-            payment = {pk: (paid_on, invoice) for pk, paid_on, invoice in cursor.fetchall()}
-        if access_ids:
-            cursor.execute(
-                f"""SELECT id, suspended FROM {table(OpportunityAccess)}
-                    WHERE id = ANY(%s::bigint[])""",
-                [int_array(access_ids)],
-            )
-            suspended = dict(cursor.fetchall())
-            cursor.execute(
-                f"""SELECT opportunity_access_id, sum(amount) FROM {table(Payment)}
-                    WHERE opportunity_access_id = ANY(%s::bigint[])
-                    GROUP BY opportunity_access_id""",
-                [int_array(access_ids)],
-            )
-            paid = {pk: Decimal(total) for pk, total in cursor.fetchall()}
-    return payment, suspended, paid

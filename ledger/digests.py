@@ -110,3 +110,15 @@ def sql_order(alias: str = "p") -> str:
 
 def sql_prefix(fmt: int) -> str:
     return f"'{TAG_V2}'" if fmt == 2 else "''"
+
+
+def sql_of_rows(rows_sql: str) -> str:
+    """SQL computing the current format's digest of the planned rows ``rows_sql`` selects
+    (columns named as a planned change's, one row per entity). A batch's own rows are
+    ``SELECT * FROM ledger_plannedchange WHERE batch_id = …``."""
+    return f"""
+        SELECT encode(sha256(convert_to({sql_prefix(CURRENT_FORMAT)}
+               || COALESCE(string_agg({sql_digest_lines("p")[CURRENT_FORMAT]}, ''
+                                      ORDER BY p.entity_kind COLLATE "C", p.entity_id), ''),
+               'UTF8')), 'hex')
+        FROM ({rows_sql}) p"""

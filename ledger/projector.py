@@ -1,40 +1,42 @@
 """The projector: the only code that writes host statuses for the ledger.
 
-``project`` runs inside the caller's transaction and, for one batch:
+``project`` runs inside the caller's transaction and applies one batch's planned changes (for
+an undo batch: the inverse of the events it reverts, stored as its planned changes):
 
 1. locks the chain head — the ledger's write lock — and reads the database clock once, so event
    ids, chain order and ``recorded_at`` agree whatever the isolation level or the clocks of the
    application servers;
-2. takes the host's per-access accrual locks, then locks the units' rows — each work
-   ``FOR UPDATE`` (no visit can join it until the commit) and every visit of those works
+2. takes what the plan's re-check needs first (an over-cap plan's claim limits,
+   :mod:`ledger.assumptions`), the host's per-access accrual locks, then the units' rows — each
+   work ``FOR UPDATE`` (no visit can join it until the commit) and every visit of those works
    ``FOR NO KEY UPDATE``. Nothing is ever waited for: free locks and rows are taken at once (a
    non-blocking try, ``SKIP LOCKED``) and kept, busy ones are tried again as live requests
-   finish, so a request can wait for a projection but never deadlock with one. Accrual locks
-   come first because the host's recompute holds its access's lock while it writes that
-   access's works. When something stays busy past ``LEDGER_ACCESS_LOCK_WAIT``,
-   :class:`~ledger.errors.LockBusy` rolls the transaction back and the caller retries later
-   (:mod:`ledger.retry`) — or, with ``skip_conflicts``, the busy units are skipped like
-   conflicting ones;
-3. compares each unit's whole expected state: every member's status, the work each visit
-   belongs to, the visits (with statuses) each work holds, and each entity's latest ledger
-   event — the one the plan saw, or for an undo the event it inverts;
-4. on conflict refuses the whole batch with a per-entity list naming what differs and which
-   batch owns the current state — or, when asked, skips every unit with a conflicting member;
-5. updates visits and works set-based, appends the chained events (each naming the entity's
-   previous event), writes one pending accrual recompute row per affected access, and moves
-   the head.
+   finish, so a request can wait for a projection but never deadlock with one. When something
+   stays busy past ``LEDGER_ACCESS_LOCK_WAIT``, :class:`~ledger.errors.LockBusy` rolls the
+   transaction back and the caller retries later (:mod:`ledger.retry`) — or, with
+   ``skip_conflicts``, the busy units are skipped like conflicting ones;
+3. re-checks what the reviewed plan assumed beyond its units (:mod:`ledger.assumptions`);
+4. streams the planned changes one unit at a time (a work with its visits, or a visit on its
+   own) with each entity's state under the locks, compares the whole expected state — every
+   member's status, the work each visit belongs to, the visits (with statuses) each work
+   holds, each entity's latest ledger event (for an undo: the one it inverts, still in force) —
+   and, for units that still hold, builds their chained events and appends them with ``COPY``;
+   a conflicting unit refuses the whole batch with a per-entity list naming what differs and
+   which batch owns the current state, or, when asked, is skipped and recorded;
+5. updates visits and works set-based from the planned changes (skipped units left out),
+   writes one pending accrual recompute row per affected access, and moves the head.
 
-No event without its change and no change without its event: both happen in one transaction.
+The batch is never held in memory: the planned changes stay in the database, the stream is read
+a chunk at a time, and only the ids of the locked rows and the conflicts are kept. No event
+without its change and no change without its event: both happen in one transaction.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from django.db import connection
 
@@ -44,42 +46,33 @@ from ledger.errors import ConflictError, StalePlan
 from ledger.head import lock_head, move_events
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.locks import take_access_locks
-from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, EntityKind
+from ledger.models import (
+    AccrualRecompute,
+    CorrectionBatch,
+    CorrectionEvent,
+    EntityKind,
+    PlannedChange,
+)
 from ledger.schema import Conflict
 from ledger.sql import (
     CHUNK,
+    chunks,
     db_now,
-    ids_where,
     insert_rows,
     int_array,
-    lock_rows_patiently,
+    lock_ids_patiently,
     reserve_ids,
     table,
-    text_array,
 )
-from ledger.state import Latest, batches_of, latest_events, members_text, unit_of
+from ledger.sql import cursor as sql_cursor
+from ledger.state import batches_of, unit_of
 
-FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
 VISIT = EntityKind.visit.value
 WORK = EntityKind.completed_work.value
+HELD = "held by a live request"
 
-
-class Flip(NamedTuple):
-    entity_kind: str
-    entity_id: int
-    completed_work_id: int | None  # the unit: the work itself, or a visit's work
-    opportunity_id: int
-    access_id: int | None
-    xform_id: str | None
-    from_status: str
-    to_status: str
-    inverts_id: int | None = None
-    # For undo: the status_modified_date to restore; None means "now".
-    restore_status_modified_date: datetime.datetime | None = None
-    # The entity's latest ledger event expected now (None: it has none).
-    prev_event_id: int | None = None
-    # For a work: the visits (``id:status,…``) it is expected to hold now.
-    members: str | None = None
+# The hashed content, in chain order, then the format and the two hashes.
+_EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
 
 
 @dataclass
@@ -92,210 +85,324 @@ class Projection:
     recorded_at: datetime.datetime | None = None
 
 
+class _Planned:
+    """SQL over one batch's planned changes to flip (``excluded = ''``), aliased ``p``."""
+
+    def __init__(self, batch: CorrectionBatch) -> None:
+        self.batch_id = batch.pk
+        self.where = "p.batch_id = %s AND p.excluded = ''"
+
+    def ids(self, kind: str) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT p.entity_id FROM {table(PlannedChange)} p
+                    WHERE {self.where} AND p.entity_kind = %s ORDER BY p.entity_id""",
+                [self.batch_id, kind],
+            )
+            return [pk for (pk,) in cursor.fetchall()]
+
+    def access_ids(self) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT DISTINCT p.access_id FROM {table(PlannedChange)} p
+                    WHERE {self.where} AND p.access_id IS NOT NULL ORDER BY 1""",
+                [self.batch_id],
+            )
+            return [pk for (pk,) in cursor.fetchall()]
+
+    def member_visit_ids(self) -> list[int]:
+        """Every visit of the planned works and every listed visit."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT v.id FROM {table(UserVisit)} v
+                    WHERE v.completed_work_id IN (
+                        SELECT p.entity_id FROM {table(PlannedChange)} p
+                        WHERE {self.where} AND p.entity_kind = 'completed_work')
+                    UNION
+                    SELECT p.entity_id FROM {table(PlannedChange)} p
+                    WHERE {self.where} AND p.entity_kind = 'visit'
+                    ORDER BY 1""",
+                [self.batch_id, self.batch_id],
+            )
+            return [pk for (pk,) in cursor.fetchall()]
+
+
 @dataclass
-class _Now:
-    """What the rows look like under the projection's locks."""
+class _Locked:
+    """What the locks left out: rows live traffic kept past the wait (skipping only)."""
 
-    works: dict[int, tuple]  # id -> (status, status_modified_date, access id)
-    visits: dict[int, tuple]  # id -> (status, status_modified_date, completed_work_id)
-    members: dict[int, dict[int, str]]  # work id -> {visit id: status}
-    latest: Latest  # each entity's latest ledger event
-    live: Latest  # the same, passing over undone events (undo flips not inverting the latest)
-    busy: set[tuple[str, int]]  # rows live traffic kept past the wait (skipped units only)
+    busy_works: set[int] = field(default_factory=set)
+    busy_visits: set[int] = field(default_factory=set)
+    # Planned works one of whose visits stayed busy: their units cannot be compared safely.
+    busy_members: set[int] = field(default_factory=set)
 
 
-def _lock_units(flips: Sequence[Flip], skip_busy: bool, deadline: float) -> _Now:
-    """Lock every row of the batch's units, patiently, and read their state under the locks.
+def _lock_units(planned: _Planned, skip_busy: bool, deadline: float) -> _Locked:
+    """Lock every row of the batch's units, patiently.
 
     Works first, ``FOR UPDATE``: no visit can join a locked work until the commit, so the
-    visits read next are all the work holds. Then those visits and the listed ones,
+    visits locked next are all the work holds. Then those visits and the listed ones,
     ``FOR NO KEY UPDATE``. With ``skip_busy``, rows live traffic still holds at the deadline
-    are reported busy (their units are skipped) instead of giving the attempt up.
+    are reported (their units are skipped) instead of giving the attempt up.
     """
     busy_works: list[int] | None = [] if skip_busy else None
     busy_visits: list[int] | None = [] if skip_busy else None
-    work_ids = sorted({f.entity_id for f in flips if f.entity_kind == WORK})
-    works = lock_rows_patiently(
-        CompletedWork,
-        ("status", "status_modified_date", "opportunity_access_id"),
-        work_ids,
-        strength="UPDATE",
-        deadline=deadline,
-        busy=busy_works,
+    lock_ids_patiently(
+        CompletedWork, planned.ids(WORK), strength="UPDATE", deadline=deadline, busy=busy_works
     )
-    visit_ids = {f.entity_id for f in flips if f.entity_kind == VISIT}
-    visit_ids.update(ids_where(UserVisit, "completed_work_id", list(works)))
-    visits = lock_rows_patiently(
-        UserVisit,
-        ("status", "status_modified_date", "completed_work_id"),
-        sorted(visit_ids),
-        deadline=deadline,
-        busy=busy_visits,
-    )
-    busy = {(WORK, pk) for pk in busy_works or ()} | {(VISIT, pk) for pk in busy_visits or ()}
-    members: dict[int, dict[int, str]] = {pk: {} for pk in works}
-    for pk, (status, _, work_id) in visits.items():
-        if work_id in members:
-            members[work_id][pk] = status
-    pairs = [(f.entity_kind, f.entity_id) for f in flips]
-    latest = latest_events(pairs)
-    undoing = [
-        (f.entity_kind, f.entity_id)
-        for f in flips
-        if f.inverts_id is not None and not _inverts_latest(f, latest)
-    ]
-    return _Now(works, visits, members, latest, latest_events(undoing, live=True), busy)
+    lock_ids_patiently(UserVisit, planned.member_visit_ids(), deadline=deadline, busy=busy_visits)
+    locked = _Locked(set(busy_works or ()), set(busy_visits or ()))
+    if locked.busy_visits:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT DISTINCT completed_work_id FROM {table(UserVisit)}
+                    WHERE id = ANY(%s::bigint[]) AND completed_work_id IS NOT NULL""",
+                [int_array(locked.busy_visits)],
+            )
+            locked.busy_members = {pk for (pk,) in cursor.fetchall()}
+    return locked
 
 
-def _differences(f: Flip, row: tuple | None, now: _Now) -> list[tuple[str, object, object]]:
-    """What of the unit member's expected state no longer holds: ``(what, expected, found)``."""
+def _stream_sql(undo: bool) -> str:
+    """Each planned change with its entity's state under the locks, in unit order.
+
+    Columns: kind, id, work, opportunity, access, xform, from, to, expected event, expected
+    visits, found, status now, work now, stamp now, latest event, latest event still in force
+    (undo only, where the inverted event is not the latest), visits now and after the flip
+    (works), the stamp an undo restores.
+    """
+    events, works, visits = table(CorrectionEvent), table(CompletedWork), table(UserVisit)
+    planned = table(PlannedChange)
+    latest = f"""(SELECT max(e.id) FROM {events} e
+                  WHERE e.entity_kind = p.entity_kind AND e.entity_id = p.entity_id)"""
+    live = (
+        f"""(SELECT max(e.id) FROM {events} e
+             WHERE e.entity_kind = s.entity_kind AND e.entity_id = s.entity_id
+               AND e.inverts_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id))"""
+        if undo
+        else "NULL::bigint"
+    )
+    restore = "inv.prior_status_modified_date" if undo else "NULL::timestamptz"
+    inverted = f"LEFT JOIN {events} inv ON inv.id = p.prev_event_id" if undo else ""
+    return f"""
+        SELECT s.*, CASE WHEN s.latest_now IS DISTINCT FROM s.prev_event_id THEN {live}
+                    END AS live_now
+        FROM (
+            SELECT p.entity_kind, p.entity_id, p.completed_work_id, p.opportunity_id,
+                   p.access_id, p.xform_id, p.from_status, p.to_status, p.prev_event_id,
+                   p.members,
+                   COALESCE(w.id, v.id) IS NOT NULL AS found,
+                   COALESCE(w.status, v.status) AS status_now,
+                   v.completed_work_id AS work_now,
+                   COALESCE(w.status_modified_date, v.status_modified_date) AS stamp_now,
+                   {latest} AS latest_now,
+                   CASE WHEN p.entity_kind = 'completed_work' THEN (
+                       SELECT string_agg(m.id::text || ':' || m.status, ',' ORDER BY m.id)
+                       FROM {visits} m WHERE m.completed_work_id = p.entity_id) END
+                       AS members_now,
+                   CASE WHEN p.entity_kind = 'completed_work' THEN (
+                       SELECT string_agg(m.id::text || ':' || COALESCE(pv.to_status, m.status),
+                                         ',' ORDER BY m.id)
+                       FROM {visits} m
+                       LEFT JOIN {planned} pv
+                              ON pv.batch_id = p.batch_id AND pv.entity_kind = 'visit'
+                             AND pv.entity_id = m.id AND pv.excluded = ''
+                       WHERE m.completed_work_id = p.entity_id) END AS members_after,
+                   {restore} AS restore,
+                   CASE WHEN p.completed_work_id IS NOT NULL THEN 'completed_work'
+                        ELSE p.entity_kind END AS unit_kind,
+                   COALESCE(p.completed_work_id, p.entity_id) AS unit_id
+            FROM {planned} p
+            LEFT JOIN {works} w ON p.entity_kind = 'completed_work' AND w.id = p.entity_id
+            LEFT JOIN {visits} v ON p.entity_kind = 'visit' AND v.id = p.entity_id
+            {inverted}
+            WHERE p.batch_id = %s AND p.excluded = ''
+        ) s
+        ORDER BY s.unit_kind, s.unit_id, s.entity_kind, s.entity_id"""
+
+
+_COLUMNS = (
+    "entity_kind", "entity_id", "completed_work_id", "opportunity_id", "access_id", "xform_id",
+    "from_status", "to_status", "prev_event_id", "members", "found", "status_now", "work_now",
+    "stamp_now", "latest_now", "members_now", "members_after", "restore", "unit_kind",
+    "unit_id", "live_now",
+)  # fmt: skip
+_AT = {name: i for i, name in enumerate(_COLUMNS)}
+KIND, ID, WORK_ID, FROM, TO, EXPECTED_EVENT, MEMBERS = (
+    _AT[n]
+    for n in ("entity_kind", "entity_id", "completed_work_id", "from_status", "to_status",
+              "prev_event_id", "members")
+)  # fmt: skip
+
+
+def _units(cursor) -> Iterator[list[tuple]]:
+    """The streamed rows grouped by unit (they come in unit order)."""
+    unit: list[tuple] = []
+    key = None
+    for row in chunks(cursor):
+        here = (row[_AT["unit_kind"]], row[_AT["unit_id"]])
+        if here != key and unit:
+            yield unit
+            unit = []
+        key = here
+        unit.append(row)
+    if unit:
+        yield unit
+
+
+def _differences(row: tuple, undo: bool, locked: _Locked) -> list[tuple[str, object, object]]:
+    """What of one member's expected state no longer holds: ``(what, expected, found)``."""
+    kind, pk = row[KIND], row[ID]
+    if (kind == WORK and (pk in locked.busy_works or pk in locked.busy_members)) or (
+        kind == VISIT and pk in locked.busy_visits
+    ):
+        return [("busy", "free", HELD)]
+    if not row[_AT["found"]]:
+        return [("missing", pk, None)]
     found: list[tuple[str, object, object]] = []
-    if (f.entity_kind, f.entity_id) in now.busy:
-        return [("busy", "free", "held by a live request")]
-    if row is None:
-        return [("missing", f.entity_id, None)]
-    if row[0] != f.from_status:
-        found.append(("status", f.from_status, row[0]))
-    elif f.entity_kind == VISIT and row[2] != f.completed_work_id:
-        found.append(("completed_work", f.completed_work_id, row[2]))
-    elif f.entity_kind == WORK and f.members is not None:
-        holds = members_text(now.members.get(f.entity_id, {}))
-        if holds != f.members:
-            found.append(("visits", f.members or "(none)", holds or "(none)"))
-    latest = _expected_against(f, now)
-    if latest != f.prev_event_id:
-        found.append(("latest_event", f.prev_event_id, latest))
+    now = row[_AT["status_now"]]
+    if now != row[FROM]:
+        found.append(("status", row[FROM], now))
+    elif kind == VISIT and row[_AT["work_now"]] != row[WORK_ID]:
+        found.append(("completed_work", row[WORK_ID], row[_AT["work_now"]]))
+    elif kind == WORK and row[MEMBERS] is not None:
+        holds = row[_AT["members_now"]] or ""
+        if holds != row[MEMBERS]:
+            found.append(("visits", row[MEMBERS] or "(none)", holds or "(none)"))
+    latest = _against(row, undo)
+    if latest != row[EXPECTED_EVENT]:
+        found.append(("latest_event", row[EXPECTED_EVENT], latest))
     return found
 
 
-def _inverts_latest(f: Flip, latest: Latest) -> bool:
-    """An undo flip whose inverted event is its entity's latest of all.
-
-    That event is then also the latest still in force (nothing inverted it yet), so the second
-    lookup, which passes over undone events, is needed only for the other undo flips — usually
-    none.
-    """
-    return latest.get(f.entity_kind, f.entity_id) == f.inverts_id
-
-
-def _expected_against(f: Flip, now: _Now) -> int | None:
-    """The event an expectation is compared with: for an undo, the latest one still in force."""
-    if f.inverts_id is None or _inverts_latest(f, now.latest):
-        return now.latest.get(f.entity_kind, f.entity_id)
-    return now.live.get(f.entity_kind, f.entity_id)
+def _against(row: tuple, undo: bool) -> int | None:
+    """The event an expectation is compared with: the entity's latest — for an undo whose
+    inverted event is not the latest any more, the latest still in force (undo events and
+    events already inverted passed over, so batches can be undone newest first)."""
+    latest = row[_AT["latest_now"]]
+    if undo and latest != row[EXPECTED_EVENT]:
+        return row[_AT["live_now"]]
+    return latest
 
 
-def _conflicts(flips: Sequence[Flip], now: _Now) -> list[Conflict]:
-    found: list[tuple[Flip, tuple | None, int | None, str, object, object]] = []
-    for f in flips:
-        row = (now.works if f.entity_kind == WORK else now.visits).get(f.entity_id)
-        latest = _expected_against(f, now)
-        # Another batch owns the current state when the entity's latest event is not the one
-        # this batch expects.
-        owner_event = latest if latest is not None and latest != f.prev_event_id else None
-        for what, expected, actual in _differences(f, row, now):
-            found.append((f, row, owner_event, what, expected, actual))
-    owners = batches_of(e for _, _, e, *_ in found if e is not None)
+def _conflicts_of(unit: list[tuple], undo: bool, locked: _Locked) -> list[tuple]:
     return [
-        Conflict(
-            entity_kind=f.entity_kind,
-            entity_id=f.entity_id,
-            completed_work_id=f.completed_work_id,
-            expected_status=f.from_status,
-            found_status=row[0] if row else None,
-            what=what,
-            expected=None if expected is None else str(expected),
-            found=None if actual is None else str(actual),
-            owner_batch=owners.get(owner_event) if owner_event is not None else None,
-        )
-        for f, row, owner_event, what, expected, actual in found
+        (row, what, expected, found)
+        for row in unit
+        for what, expected, found in _differences(row, undo, locked)
     ]
 
 
-def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> None:
-    """Set status and status_modified_date of (id, status, stamp) rows.
-
-    An apply gives every row one status and one stamp, and an undo often restores only a few
-    distinct stamps: each such group is one ``WHERE id = ANY(…)``. Otherwise the per-row values
-    are joined from arrays.
-    """
-    if not rows:
-        return
-    groups: dict[tuple[str, datetime.datetime | None], list[int]] = defaultdict(list)
-    for pk, status, stamp in rows:
-        groups[(status, stamp)].append(pk)
-        if len(groups) > FEW_GROUPS:
-            break
-    with connection.cursor() as cursor:
-        if len(groups) <= FEW_GROUPS:
-            for (status, stamp), ids in groups.items():
-                cursor.execute(
-                    f"""UPDATE {table(model)} SET status = %s, status_modified_date = %s
-                        WHERE id = ANY(%s::bigint[])""",
-                    [status, stamp, int_array(ids)],
-                )
-            return
-        ids, statuses, stamps = (list(col) for col in zip(*rows, strict=True))
-        cursor.execute(
-            f"""UPDATE {table(model)} t
-                SET status = u.status, status_modified_date = u.modified
-                FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])
-                     AS u(id, status, modified)
-                WHERE t.id = u.id""",
-            [int_array(ids), text_array(statuses), text_array(stamps)],
+def _as_conflicts(found: list[tuple], undo: bool) -> list[Conflict]:
+    """Conflicts named as an operator reads them, with the batch owning each entity's state."""
+    owner_event = {}
+    for row, *_ in found:
+        latest = _against(row, undo)
+        if latest is not None and latest != row[EXPECTED_EVENT]:
+            owner_event[(row[KIND], row[ID])] = latest
+    owners = batches_of(owner_event.values())
+    return [
+        Conflict(
+            entity_kind=row[KIND],
+            entity_id=row[ID],
+            completed_work_id=row[WORK_ID],
+            expected_status=row[FROM],
+            found_status=row[_AT["status_now"]] if row[_AT["found"]] else None,
+            what=what,
+            expected=None if expected is None else str(expected),
+            found=None if actual is None else str(actual),
+            owner_batch=owners.get(owner_event.get((row[KIND], row[ID]))),
         )
-
-
-# The hashed content (the id first), in chain order, then the format and the two hashes.
-_EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
+        for row, what, expected, actual in found
+    ]
 
 
 def _write_recomputes(
-    batch: CorrectionBatch,
-    access_ids: list[int],
-    projected: dict[int, int],
-    at: datetime.datetime,
-) -> None:
-    if not access_ids:
-        return
+    batch: CorrectionBatch, skipped: _Skipped, projected: dict[int, int], at: datetime.datetime
+) -> list[int]:
+    """One pending recompute row per access whose units were flipped; their ids."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""INSERT INTO {table(AccrualRecompute)}
                     (batch_id, access_id, opportunity_id, state, accrual_before,
                      projected_after, created_at)
                 SELECT %s, a.id, a.opportunity_id, 'pending', a.payment_accrued,
-                       p.projected, %s
+                       pr.projected, %s
                 FROM {table(OpportunityAccess)} a
-                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS p(id, projected)
-                       ON p.id = a.id
-                WHERE a.id = ANY(%s)
-                ORDER BY a.id""",
-            [batch.pk, at, list(projected), list(projected.values()), access_ids],
+                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS pr(id, projected)
+                       ON pr.id = a.id
+                WHERE a.id IN (
+                    SELECT p.access_id FROM {table(PlannedChange)} p
+                    WHERE p.batch_id = %s AND p.excluded = '' AND {skipped.not_sql()})
+                ORDER BY a.id
+                RETURNING access_id""",
+            [batch.pk, at, int_array(projected), int_array(projected.values()), batch.pk,
+             *skipped.params()],
+        )  # fmt: skip
+        return sorted(pk for (pk,) in cursor.fetchall())
+
+
+@dataclass
+class _Skipped:
+    """The units left out of the projection, as SQL over planned changes aliased ``p``."""
+
+    works: set[int] = field(default_factory=set)
+    visits: set[int] = field(default_factory=set)  # visits without a work
+
+    def add(self, unit_kind: str, unit_id: int) -> None:
+        (self.works if unit_kind == WORK else self.visits).add(unit_id)
+
+    def not_sql(self) -> str:
+        return (
+            "NOT (COALESCE(p.completed_work_id, 0) = ANY(%s::bigint[]) "
+            "OR (p.completed_work_id IS NULL AND p.entity_id = ANY(%s::bigint[])))"
+        )
+
+    def params(self) -> list[str]:
+        return [int_array(self.works), int_array(self.visits)]
+
+
+def _update(model, kind: str, batch: CorrectionBatch, skipped: _Skipped, stamp_sql: str,
+            stamp_params: list, undo: bool) -> None:  # fmt: skip
+    """Set status and status_modified_date of the batch's flipped rows of one table."""
+    inverted = f"LEFT JOIN {table(CorrectionEvent)} inv ON inv.id = p.prev_event_id" if undo else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""UPDATE {table(model)} t SET status = u.to_status, status_modified_date = u.stamp
+                FROM (SELECT p.entity_id, p.to_status, {stamp_sql} AS stamp
+                      FROM {table(PlannedChange)} p {inverted}
+                      WHERE p.batch_id = %s AND p.excluded = '' AND p.entity_kind = %s
+                        AND {skipped.not_sql()}) u
+                WHERE t.id = u.entity_id""",
+            [*stamp_params, batch.pk, kind, *skipped.params()],
         )
 
 
 def project(
     batch: CorrectionBatch,
-    flips: Sequence[Flip],
     *,
     reason: str,
     skip_conflicts: bool,
     releases: list[Callable[[], None]],
+    undo: bool = False,
     projected_accruals: dict[int, int] | None = None,
     assumptions: Assumptions | None = None,
 ) -> Projection:
-    """Apply ``flips`` as events of ``batch``; call inside ``transaction.atomic()``.
+    """Apply ``batch``'s planned changes as its events; call inside ``transaction.atomic()``.
 
-    Locks that outlive the transaction (the host's accrual locks in Redis) are handed back
-    through ``releases``: the caller calls each once its transaction has ended, whether it
-    committed or rolled back. ``assumptions`` are what the batch's reviewed plan relied on
-    beyond its units' own state; they are checked under the same locks
-    (:mod:`ledger.assumptions`), and a unit where one no longer holds is stale.
+    ``undo``: the planned changes invert the events their ``prev_event_id`` names (each
+    restores the ``status_modified_date`` its event overwrote). Locks that outlive the
+    transaction (the host's accrual locks in Redis) are handed back through ``releases``: the
+    caller calls each once its transaction has ended, whether it committed or rolled back.
+    ``assumptions`` are what the batch's reviewed plan relied on beyond its units' own state;
+    they are checked under the same locks (:mod:`ledger.assumptions`), and a unit where one no
+    longer holds is stale.
     """
     head = lock_head()
-    head_id, head_hash = head.event_id, head.event_hash
     now_at = db_now()
     deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
+    planned = _Planned(batch)
     # An over-cap plan's claim limits before anything else, as the host's form processor
     # takes them: a submission holding one has taken nothing else of ours to wait for.
     if assumptions:
@@ -304,96 +411,122 @@ def project(
     # the access's works, so a request inside its recompute can only finish if the projection
     # does not hold those rows yet; requests that have not reached their recompute wait at the
     # lock until the projection commits.
-    access_ids = sorted({f.access_id for f in flips if f.access_id is not None})
+    access_ids = planned.access_ids()
     lock = host.access_lock()
     if lock is not None and access_ids:
         releases.append(take_access_locks(lock, access_ids, conf.get("ACCESS_LOCK_WAIT")))
-    current = _lock_units(flips, skip_busy=skip_conflicts, deadline=deadline)
+    locked = _lock_units(planned, skip_busy=skip_conflicts, deadline=deadline)
+    skipped = _Skipped()
     stale: list[Conflict] = []
     if assumptions:
         busy = None
         if skip_conflicts:
-            busy = {
-                unit_of(f.entity_kind, f.entity_id, f.completed_work_id)
-                for f in flips
-                if (f.entity_kind, f.entity_id) in current.busy
-            }
-        stale = assumptions.check(flips, current.works, deadline, busy)
-
-    result = Projection(recorded_at=now_at)
-    conflicts = _conflicts(flips, current)
+            busy = {(WORK, pk) for pk in locked.busy_works | locked.busy_members}
+            busy |= _units_of_visits(batch, locked.busy_visits)
+        stale = assumptions.check(deadline, busy)
+        for c in stale:
+            skipped.add(*unit_of(c.entity_kind, c.entity_id, c.completed_work_id))
     if stale and not skip_conflicts:
         units = {unit_of(c.entity_kind, c.entity_id, c.completed_work_id) for c in stale}
         raise StalePlan(
             f"batch {batch.pk} is stale: what its reviewed plan assumed no longer holds for "
             f"{len(units)} units",
-            stale + conflicts,
+            stale,
         )
-    conflicts = stale + conflicts
-    if conflicts:
+
+    result = Projection(recorded_at=now_at, skipped=list(stale))
+    found: list[tuple] = []
+    prev, last_id = head.event_hash, head.event_id
+    batch_id = str(batch.pk)
+    events: list[tuple] = []
+
+    def flush() -> None:
+        nonlocal prev, last_id
+        ids = reserve_ids(CorrectionEvent, len(events))
+        written = []
+        for event_id, values in zip(ids, events, strict=True):
+            values = (event_id, *values)
+            prev_hash, prev = prev, chain.hash_values(prev, values)
+            written.append((*values, chain.CURRENT_FORMAT, prev_hash, prev))
+        insert_rows(CorrectionEvent, _EVENT_COLUMNS, written)
+        last_id = ids[-1]
+        events.clear()
+
+    # The events' ids are hashed (format 3), so they are drawn before the rows are written;
+    # under the head's lock, ids drawn later are larger than every event before.
+    with sql_cursor(chunked=True) as cursor:
+        cursor.execute(_stream_sql(undo), [batch.pk])
+        for unit in _units(cursor):
+            first = unit[0]
+            unit_key = (first[_AT["unit_kind"]], first[_AT["unit_id"]])
+            if (
+                unit_key[0] == WORK
+                and unit_key[1] in skipped.works
+                or (unit_key[0] == VISIT and unit_key[1] in skipped.visits)
+            ):
+                continue  # stale: reported by the re-check already
+            differs = _conflicts_of(unit, undo, locked)
+            if differs:
+                found.extend(differs)
+                skipped.add(*unit_key)
+                if not skip_conflicts and len(found) > MAX_CONFLICTS_READ:
+                    break
+                continue
+            if found and not skip_conflicts:
+                continue  # refused anyway: only the conflicts are still of interest
+            for row in unit:
+                is_work = row[KIND] == WORK
+                stamp = row[_AT["restore"]] if undo else now_at
+                events.append((
+                    batch_id, row[KIND], row[ID], row[WORK_ID], row[_AT["opportunity_id"]],
+                    row[_AT["access_id"]], row[_AT["xform_id"]], row[FROM], row[TO], reason,
+                    row[EXPECTED_EVENT] if undo else None,
+                    row[_AT["stamp_now"]], stamp, now_at, row[_AT["latest_now"]],
+                    (row[_AT["members_after"]] or "") if is_work else None,
+                ))  # fmt: skip
+                result.events += 1
+                result.visits += not is_work
+            if len(events) >= CHUNK:
+                flush()
+    if found:
+        conflicts = _as_conflicts(found, undo)
         if not skip_conflicts:
             raise ConflictError(
                 f"{len({(c.entity_kind, c.entity_id) for c in conflicts})} entities are no "
                 "longer as the batch expects",
                 conflicts,
             )
-        bad = {unit_of(c.entity_kind, c.entity_id, c.completed_work_id) for c in conflicts}
-        result.skipped = conflicts
-        flips = [
-            f for f in flips if unit_of(f.entity_kind, f.entity_id, f.completed_work_id) not in bad
-        ]
-
-    # Each work's visits after the flip, recorded on its event (the lock-time view is not
-    # needed any more: updated in place).
-    after = current.members
-    for f in flips:
-        if f.entity_kind == VISIT and f.completed_work_id in after:
-            after[f.completed_work_id][f.entity_id] = f.to_status
-
-    # Flip and record a chunk at a time: memory stays bounded by the chunk, not the batch.
-    prev, last_id = head_hash, head_id
-    batch_id = str(batch.pk)
-    for start in range(0, len(flips), CHUNK):
-        part = flips[start : start + CHUNK]
-        stamps = [
-            f.restore_status_modified_date if f.inverts_id is not None else now_at for f in part
-        ]
-        _update(
-            UserVisit,
-            [(f.entity_id, f.to_status, s) for f, s in zip(part, stamps, strict=True)
-             if f.entity_kind == VISIT],
-        )  # fmt: skip
-        _update(
-            CompletedWork,
-            [(f.entity_id, f.to_status, s) for f, s in zip(part, stamps, strict=True)
-             if f.entity_kind == WORK],
-        )  # fmt: skip
-        events = []
-        # The id is hashed (format 3), so it is drawn before the row is written; under the
-        # head's lock, ids drawn later are larger than every event before.
-        ids = reserve_ids(CorrectionEvent, len(part))
-        for event_id, f, stamp in zip(ids, part, stamps, strict=True):
-            is_work = f.entity_kind == WORK
-            row = (current.works if is_work else current.visits)[f.entity_id]
-            latest = current.latest.get(f.entity_kind, f.entity_id)
-            values = (
-                event_id, batch_id, f.entity_kind, f.entity_id, f.completed_work_id,
-                f.opportunity_id, f.access_id, f.xform_id, f.from_status, f.to_status, reason,
-                f.inverts_id,
-                row[1], stamp, now_at, latest,
-                members_text(after.get(f.entity_id, {})) if is_work else None,
-            )  # fmt: skip
-            prev_hash, prev = prev, chain.hash_values(prev, values)
-            events.append((*values, chain.CURRENT_FORMAT, prev_hash, prev))
-        insert_rows(CorrectionEvent, _EVENT_COLUMNS, events)
-        last_id = ids[-1]
-        result.events += len(part)
-        result.visits += sum(1 for f in part if f.entity_kind == VISIT)
+        result.skipped += conflicts
+    if events:
+        flush()
     result.works = result.events - result.visits
-    if result.events:
-        move_events(last_id, prev, result.events, now_at)
-
-    touched = sorted({f.access_id for f in flips if f.access_id is not None})
-    _write_recomputes(batch, touched, projected_accruals or {}, now_at)
-    result.access_ids = touched
+    if not result.events:
+        return result
+    move_events(last_id, prev, result.events, now_at)
+    stamp_sql = "inv.prior_status_modified_date" if undo else "%s::timestamptz"
+    stamp_params = [] if undo else [now_at]
+    for model, kind in ((UserVisit, VISIT), (CompletedWork, WORK)):
+        _update(model, kind, batch, skipped, stamp_sql, stamp_params, undo)
+    result.access_ids = _write_recomputes(batch, skipped, projected_accruals or {}, now_at)
     return result
+
+
+# Without --skip-conflicts a batch with conflicts is refused whole: the refusal lists this
+# many entities at most, instead of reading the rest of a batch that will not be applied.
+MAX_CONFLICTS_READ = 10_000
+
+
+def _units_of_visits(batch: CorrectionBatch, visit_ids: set[int]) -> set[tuple[str, int]]:
+    """The units of these visits in the batch's plan."""
+    if not visit_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT CASE WHEN p.completed_work_id IS NOT NULL THEN 'completed_work'
+                            ELSE p.entity_kind END, COALESCE(p.completed_work_id, p.entity_id)
+                FROM {table(PlannedChange)} p
+                WHERE p.batch_id = %s AND p.entity_kind = 'visit'
+                  AND p.entity_id = ANY(%s::bigint[])""",
+            [batch.pk, int_array(visit_ids)],
+        )
+        return set(cursor.fetchall())

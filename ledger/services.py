@@ -35,7 +35,7 @@ from ledger.planners.over_cap import plan_over_cap as over_cap_rows
 from ledger.planners.rows import FEW_VALUED, PlannedRow, plan_digest, with_expectations
 from ledger.planners.visit_list import VisitListOptions, plan_visit_list
 from ledger.pricing import AccessPrice, price
-from ledger.projector import Flip, project
+from ledger.projector import project
 from ledger.reports import plan_report, scan_report
 from ledger.retry import (
     FIRST_PAUSE,
@@ -469,27 +469,19 @@ def _planned_rows(batch: CorrectionBatch) -> list[PlannedRow]:
         return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
 
 
-def _flips(rows: Iterable[PlannedRow], stamps: dict[int, object] | None = None) -> list[Flip]:
-    """The projector's flips for the rows to flip. With ``stamps`` (an undo: inverted event id
-    -> the ``status_modified_date`` it overwrote) each flip inverts its row's expected event and
-    restores that stamp."""
-    if stamps is None:
-        return [
-            Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
-                 r.xform_id, r.from_status, r.to_status, None, None, r.prev_event_id, r.members)
-            for r in rows if not r.excluded
-        ]  # fmt: skip
-    return [
-        Flip(r.entity_kind, r.entity_id, r.completed_work_id, r.opportunity_id, r.access_id,
-             r.xform_id, r.from_status, r.to_status, r.prev_event_id,
-             stamps.get(r.prev_event_id), r.prev_event_id, r.members)
-        for r in rows if not r.excluded
-    ]  # fmt: skip
+def _stored_digest(batch: CorrectionBatch) -> str:
+    """The batch's plan digest recomputed in the database from its planned changes."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            digests.sql_of_rows(f"SELECT * FROM {table(PlannedChange)} WHERE batch_id = %s"),
+            [batch.pk],
+        )
+        return cursor.fetchone()[0]
 
 
-def _refuse_if_nothing_written(flips: list[Flip], result, what: str) -> None:
+def _refuse_if_nothing_written(result, what: str) -> None:
     """A projection that skipped every unit it had is refused, not recorded as done."""
-    if flips and not result.events:
+    if not result.events:
         raise ConflictError(f"every unit of {what} conflicts", result.skipped)
 
 
@@ -526,39 +518,30 @@ def apply_batch(
     def run(releases: list) -> tuple[RunReport, str | None]:
         batch = _get_batch(batch_id, lock=True)
         _check_appliable(batch)
-        rows = _planned_rows(batch)
-        if plan_digest(rows, presorted=True) != batch.plan_digest:
+        if _stored_digest(batch) != batch.plan_digest:
             raise WrongState(
                 f"batch {batch.pk}: its planned changes no longer match its plan digest "
                 "(altered since it was planned); plan it again"
             )
-        assumptions = Assumptions.of(batch, rows)
+        assumptions = Assumptions.of(batch)
         if batch.planner == Planner.undo:
             original = _get_batch(str(batch.reverts_id), lock=True)
             _check_undoable(original, planned_undo=batch)
-            flips = _flips(rows, _restored_stamps(r.prev_event_id for r in rows))
-            total = len(rows)
-            del rows
-            report = _project_undo(
-                batch, original, flips, total, actor, skip_conflicts, releases, assumptions
-            )
+            report = _project_undo(batch, original, actor, skip_conflicts, releases, assumptions)
             return report, str(original.pk)
         projected = {
             a["access_id"]: a["projected_accrual"]
             for a in batch.summary.get("plan", {}).get("accesses", [])
         }
-        flips = _flips(rows)
-        del rows
         result = project(
             batch,
-            flips,
             reason=batch.reason,
             skip_conflicts=skip_conflicts,
             projected_accruals=projected,
             releases=releases,
             assumptions=assumptions,
         )
-        _refuse_if_nothing_written(flips, result, f"batch {batch.pk}")
+        _refuse_if_nothing_written(result, f"batch {batch.pk}")
         _mark_applied(batch, actor, result)
         report = RunReport(
             batch=str(batch.pk),
@@ -598,23 +581,30 @@ def _check_undoable(original: CorrectionBatch, planned_undo: CorrectionBatch | N
         )
 
 
-def _undo_rows(original: CorrectionBatch) -> list[PlannedRow]:
-    """The inverse of each of the batch's events not inverted yet, as planned rows in digest
-    order: each restores what its event overwrote and expects that event (``prev_event_id``)
-    to be its entity's latest still in force, and the visits it recorded (``members``)."""
+def _undo_rows_sql() -> str:
+    """The inverse of each of a batch's events not inverted yet, as planned rows (columns as a
+    planned change's, ``%s`` the batch): each restores what its event overwrote and expects
+    that event (``prev_event_id``) to be its entity's latest still in force, and the visits it
+    recorded (``members``); with the unit's payment state and suspension now."""
     events = table(CorrectionEvent)
+    return f"""
+        SELECT e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
+               e.access_id, e.xform_id, e.to_status AS from_status, e.from_status AS to_status,
+               '' AS excluded, COALESCE(a.suspended, false) AS suspended,
+               e.id AS prev_event_id, e.members,
+               w.payment_date IS NOT NULL AS paid, w.invoice_id IS NOT NULL AS invoiced
+        FROM {events} e
+        LEFT JOIN {table(host.CompletedWork)} w ON w.id = e.completed_work_id
+        LEFT JOIN {table(host.OpportunityAccess)} a ON a.id = e.access_id
+        WHERE e.batch_id = %s
+          AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)"""
+
+
+def _undo_rows(original: CorrectionBatch) -> list[PlannedRow]:
+    """:func:`_undo_rows_sql` read as planned rows, in digest order (to price an undo plan)."""
     with sql_cursor(chunked=True) as cursor:
         cursor.execute(
-            f"""SELECT e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
-                       e.access_id, e.xform_id, e.to_status, e.from_status, '',
-                       COALESCE(a.suspended, false), e.id, e.members,
-                       w.payment_date IS NOT NULL, w.invoice_id IS NOT NULL
-                FROM {events} e
-                LEFT JOIN {table(host.CompletedWork)} w ON w.id = e.completed_work_id
-                LEFT JOIN {table(host.OpportunityAccess)} a ON a.id = e.access_id
-                WHERE e.batch_id = %s
-                  AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)
-                ORDER BY e.entity_kind, e.entity_id""",
+            f'{_undo_rows_sql()} ORDER BY e.entity_kind COLLATE "C", e.entity_id',
             [original.pk],
         )
         return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
@@ -675,30 +665,28 @@ def plan_undo(
 def _project_undo(
     undo: CorrectionBatch,
     original: CorrectionBatch,
-    flips: list[Flip],
-    total: int,
     actor: Actor,
     skip_conflicts: bool,
     releases: list,
     assumptions: Assumptions | None = None,
 ) -> RunReport:
-    """Project an undo batch's inverse flips and move the batch it reverts along.
+    """Project an undo batch's planned inverse flips and move the batch it reverts along.
 
-    ``total`` counts every unit the undo was planned for (left-out ones included): those not
-    inverted now leave the original ``partially_undone``, to be undone again later. The
-    original's row is locked by the caller, so no other undo of it runs meanwhile.
+    Every unit the undo was planned for (left-out ones included) and not inverted now leaves
+    the original ``partially_undone``, to be undone again later. The original's row is locked
+    by the caller, so no other undo of it runs meanwhile.
     """
     result = project(
         undo,
-        flips,
         reason=undo.reason,
         skip_conflicts=skip_conflicts,
         releases=releases,
+        undo=True,
         assumptions=assumptions,
     )
-    _refuse_if_nothing_written(flips, result, f"the undo of batch {original.pk}")
+    _refuse_if_nothing_written(result, f"the undo of batch {original.pk}")
     _mark_applied(undo, actor, result)
-    if total == result.events:
+    if PlannedChange.objects.filter(batch=undo).count() == result.events:
         original.state = BatchState.undone
         original.undone_at = result.recorded_at
         original.save(update_fields=["state", "undone_at"])
@@ -753,20 +741,30 @@ def undo_batch(
     def run(releases: list) -> tuple[RunReport, str]:
         original = _get_batch(batch_id, lock=True)
         _check_undoable(original)
-        rows = _undo_rows(original)
+        rows_sql = _undo_rows_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(digests.sql_of_rows(rows_sql), [original.pk])
+            (digest,) = cursor.fetchone()
         undo = CorrectionBatch.objects.create(
             planner=Planner.undo,
             reason=reason,
             planned_by=actor.username,
-            plan_digest=plan_digest(rows, presorted=True),
+            plan_digest=digest,
             reverts=original,
             scope={"reverts": str(original.pk)},
         )
+        columns = ", ".join(PlannedRow._fields)
+        with connection.cursor() as cursor:
+            # The undo's planned changes, like any batch's: what it expects and restores.
+            cursor.execute(
+                f"""INSERT INTO {table(PlannedChange)} (batch_id, {columns})
+                    SELECT %s, {columns} FROM ({rows_sql}) r""",
+                [undo.pk, original.pk],
+            )
+            if not cursor.rowcount:
+                raise WrongState(f"batch {original.pk} has no event left to undo")
         entries.record(undo, "plan", actor, entries.plan_details(undo))
-        flips = _flips(rows, _restored_stamps(r.prev_event_id for r in rows))
-        total = len(rows)
-        del rows
-        report = _project_undo(undo, original, flips, total, actor, skip_conflicts, releases)
+        report = _project_undo(undo, original, actor, skip_conflicts, releases)
         return report, str(original.pk)
 
     report, original = _write(run, what=f"undo of batch {batch_id}", progress=progress)

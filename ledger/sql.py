@@ -225,6 +225,53 @@ def lock_rows_patiently(
     return found
 
 
+def lock_ids_patiently(
+    model,
+    ids: Sequence[int],
+    *,
+    strength: str = "NO KEY UPDATE",
+    deadline: float,
+    busy: list[int] | None = None,
+) -> None:
+    """Lock rows by id without ever waiting on a lock, keeping nothing but the ids still
+    busy: :func:`lock_rows_patiently` for a batch's hundreds of thousands of rows, whose
+    state is read later in SQL."""
+    import time
+
+    from ledger.errors import LockBusy
+
+    missing = sorted(set(ids))
+    with cursor() as cur:
+        while missing:
+            got: set[int] = set()
+            for start in range(0, len(missing), CHUNK):
+                cur.execute(
+                    f"""SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[])
+                        FOR {strength} SKIP LOCKED""",
+                    [int_array(missing[start : start + CHUNK])],
+                )
+                got.update(pk for (pk,) in cur.fetchall())
+            left = [pk for pk in missing if pk not in got]
+            if not left:
+                return
+            cur.execute(
+                f"SELECT id FROM {table(model)} WHERE id = ANY(%s::bigint[]) ORDER BY id",
+                [int_array(left)],
+            )
+            held = [pk for (pk,) in cur.fetchall()]
+            if held and time.monotonic() >= deadline:
+                if busy is not None:
+                    busy.extend(held)
+                    return
+                raise LockBusy(
+                    f"{len(held)} {model._meta.verbose_name_plural} are held by live traffic "
+                    f"(first: {held[0]})"
+                )
+            missing = held
+            if missing:
+                time.sleep(POLL)
+
+
 def ids_where(model, column: str, values: Sequence[int]) -> list[int]:
     """Ids of ``model`` rows whose ``column`` is in ``values`` (a plain read, no lock)."""
     if not values:

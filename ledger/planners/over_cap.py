@@ -160,27 +160,21 @@ def _parts_sql() -> str:
 
 def rank_context(
     work_ids: list[int],
-) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
     """What the rank of these (planned) works depends on, each row with its (access, payment
-    unit): the planned works themselves; the other works of the same worker and payment unit
-    ranked before the last planned one and not over_limit — one of them set over_limit, or
-    gone, would move a planned work back within the cap (a change to a work ranked after, or
-    an over_limit work set back, can only move planned works further past it); and the claim
-    limits that cap them."""
+    unit): the other works of the same worker and payment unit ranked before the last planned
+    one and not over_limit — one of them set over_limit, or gone, would move a planned work
+    back within the cap (a change to a work ranked after, or an over_limit work set back, can
+    only move planned works further past it); and the claim limits that cap them."""
     works = table(CompletedWork)
     rows = fetch(
         f"""WITH {_parts_sql()},
-            planned AS (
-                SELECT id, opportunity_access_id AS access_id, payment_unit_id, date_created
-                FROM {works} WHERE id = ANY(%(works)s::bigint[])
-            ),
             last AS (
-                SELECT DISTINCT ON (access_id, payment_unit_id)
-                       access_id, payment_unit_id, date_created, id
-                FROM planned ORDER BY access_id, payment_unit_id, date_created DESC, id DESC
+                SELECT DISTINCT ON (opportunity_access_id, payment_unit_id)
+                       opportunity_access_id AS access_id, payment_unit_id, date_created, id
+                FROM {works} WHERE id = ANY(%(works)s::bigint[])
+                ORDER BY opportunity_access_id, payment_unit_id, date_created DESC, id DESC
             )
-            SELECT 'planned', id, access_id, payment_unit_id FROM planned
-            UNION ALL
             SELECT 'before', w.id, w.opportunity_access_id, w.payment_unit_id
             FROM {works} w
             JOIN last l
@@ -191,17 +185,18 @@ def rank_context(
             SELECT 'limit', id, access_id, payment_unit_id FROM limits""",
         {"works": int_array(work_ids), "over_limit": OVER_LIMIT},
     )
-    found: dict[str, dict[int, tuple[int, int]]] = {"planned": {}, "before": {}, "limit": {}}
+    found: dict[str, dict[int, tuple[int, int]]] = {"before": {}, "limit": {}}
     for kind, pk, access, unit in rows:
         found[kind][pk] = (access, unit)
-    return found["planned"], found["before"], found["limit"]
+    return found["before"], found["limit"]
 
 
-def ranks(work_ids: list[int]) -> dict[int, tuple[int | None, int | None]]:
-    """Each work's position among its worker's works of its payment unit that are not
-    over_limit, ordered as the rule orders them (None: over_limit itself), and the cap of that
-    payment unit (None: no claim limit). A work is past the cap when position > cap."""
-    rows = fetch(
+def back_within_cap(work_ids: list[int]) -> list[tuple[int, int, int | None]]:
+    """The works among these that no longer rank past their cap: (id, position, cap) — the
+    position among the worker's works of the payment unit that are not over_limit, in the
+    rule's order, and the cap (None: no claim limit any more). Works over_limit themselves
+    are left out."""
+    return fetch(
         f"""WITH {_parts_sql()},
             ranked AS (
                 SELECT w.id, row_number() OVER (
@@ -215,13 +210,14 @@ def ranks(work_ids: list[int]) -> dict[int, tuple[int | None, int | None]]:
             )
             SELECT w.id, r.position, l.max_visits
             FROM {table(CompletedWork)} w
-            LEFT JOIN ranked r ON r.id = w.id
+            JOIN ranked r ON r.id = w.id
             LEFT JOIN limits l
               ON l.access_id = w.opportunity_access_id AND l.payment_unit_id = w.payment_unit_id
-            WHERE w.id = ANY(%(works)s::bigint[])""",
+            WHERE w.id = ANY(%(works)s::bigint[])
+              AND (l.max_visits IS NULL OR r.position <= l.max_visits)
+            ORDER BY w.id""",
         {"works": int_array(work_ids), "over_limit": OVER_LIMIT},
     )
-    return {pk: (position, cap) for pk, position, cap in rows}
 
 
 def resolve_opportunities(uuids: Collection[str]) -> dict[str, int]:
