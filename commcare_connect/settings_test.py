@@ -9,3 +9,6 @@ from commcare_connect.settings import *  # noqa: F403
 from commcare_connect.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "ledger.flushable"]
+
+# Tests choose where recomputes run; a broker in the developer's environment changes nothing.
+LEDGER_RECOMPUTE = "inline"
