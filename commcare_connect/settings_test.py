@@ -5,10 +5,13 @@ Transactional tests flush the test database after each test; ``ledger.flushable`
 project's own settings leave Django's ``flush`` alone.
 """
 
+import os
+
 from commcare_connect.settings import *  # noqa: F403
 from commcare_connect.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "ledger.flushable"]
 
-# Tests choose where recomputes run; a broker in the developer's environment changes nothing.
-LEDGER_RECOMPUTE = "inline"
+# Tests choose where recomputes run (a test's child process through LEDGER_RECOMPUTE); a broker
+# in the developer's environment changes nothing.
+LEDGER_RECOMPUTE = os.environ.get("LEDGER_RECOMPUTE") or "inline"

@@ -59,6 +59,7 @@ __all__ = [
     "VisitValidationStatus",
     "access_lock",
     "accesses_for_recompute",
+    "bulk_update_payment_accrued",
     "currency_codes",
     "missing_exchange_rates",
     "recompute_access",
@@ -135,6 +136,15 @@ def recompute_loaded(access: OpportunityAccess) -> int:
 
 
 Release = Callable[[], None]
+
+
+def bulk_update_payment_accrued(opportunity_id: int, user_ids: list[int]) -> None:
+    """The host's own bulk accrual task (``opportunity.tasks``), run here and now: what the host
+    queues after an import. The ledger never calls it; the contract suite checks that the
+    ledger's recompute leaves nothing for it to change."""
+    from commcare_connect.opportunity.tasks import bulk_update_payment_accrued as task
+
+    task(opportunity_id, user_ids)
 
 
 def access_lock() -> Callable[[Sequence[int], float], Release] | None:
