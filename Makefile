@@ -33,30 +33,32 @@ demo: $(STAMP)
 	$(PY) manage.py incident_demo
 
 # Celery workers for the accrual recomputes: WORKERS processes on a Redis broker — CELERY_BROKER_URL
-# when set, else the machine's Redis at 127.0.0.1:6379 (database WORKER_REDIS_DB), else a
-# redis-server started here on WORKER_REDIS_PORT (data in .redis/, stopped with make worker-stop).
+# when set, else the machine's Redis (MACHINE_REDIS, database WORKER_REDIS_DB), else a
+# redis-server started here on WORKER_REDIS_PORT (data in .redis/; make worker-stop stops it).
 # Commands run with the same CELERY_BROKER_URL (and DATABASE_NAME) queue their recomputes to them.
 WORKERS ?= 2
+MACHINE_REDIS ?= 127.0.0.1:6379
 WORKER_REDIS_DB ?= 1
 WORKER_REDIS_PORT ?= 6391
 worker: $(STAMP)
 	@url="$${CELERY_BROKER_URL:-}"; \
-	if [ -z "$$url" ] && $(PY) -c "import redis; redis.Redis('127.0.0.1', 6379, \
-			socket_connect_timeout=1).ping()" 2>/dev/null; then \
-		url="redis://127.0.0.1:6379/$(WORKER_REDIS_DB)"; \
+	if [ -z "$$url" ] && $(PY) -c "import redis, sys; host, port = sys.argv[1].split(':'); \
+			redis.Redis(host, int(port), socket_connect_timeout=1).ping()" \
+			$(MACHINE_REDIS) 2>/dev/null; then \
+		url="redis://$(MACHINE_REDIS)/$(WORKER_REDIS_DB)"; \
 	fi; \
 	if [ -z "$$url" ]; then \
 		command -v redis-server >/dev/null || { echo "make worker: no CELERY_BROKER_URL, no" \
-			"Redis at 127.0.0.1:6379 and no redis-server to start" >&2; exit 1; }; \
+			"Redis at $(MACHINE_REDIS) and no redis-server to start" >&2; exit 1; }; \
 		mkdir -p .redis; \
 		redis-server --port $(WORKER_REDIS_PORT) --bind 127.0.0.1 --dir $(CURDIR)/.redis \
 			--save "" --appendonly no --daemonize yes --pidfile $(CURDIR)/.redis/redis.pid \
 			--logfile $(CURDIR)/.redis/redis.log; \
 		url="redis://127.0.0.1:$(WORKER_REDIS_PORT)/0"; \
 	fi; \
-	echo "make worker: $(WORKERS) worker processes on $$url (database $${DATABASE_NAME:-postgres});" \
-		"queue recomputes with CELERY_BROKER_URL=$$url"; \
-	CELERY_BROKER_URL="$$url" exec $(VENV)/bin/celery -A commcare_connect worker \
+	echo "make worker: $(WORKERS) worker processes on $$url, database" \
+		"$${DATABASE_NAME:-postgres}; queue recomputes with CELERY_BROKER_URL=$$url"; \
+	CELERY_BROKER_URL="$$url" exec $(VENV)/bin/celery -A commcare_connect.celery_app worker \
 		--concurrency $(WORKERS) --loglevel INFO
 
 worker-stop:
