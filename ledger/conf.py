@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     # process) or "celery" (queued on commit to the host's Celery workers, ledger.tasks).
     "RECOMPUTE": "inline",
     # Accesses per Celery task when recomputes are queued.
-    "RECOMPUTE_CHUNK": 50,
+    "RECOMPUTE_CHUNK": 10,
     # Apply refuses a batch nobody but its planner has reviewed (corrections approve).
     "REQUIRE_APPROVAL": True,
     # Username used when --operator is not given (a test suite's or a single-user setup's);
