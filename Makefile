@@ -10,7 +10,8 @@ BENCH_VISITS ?= 1000000
 
 REQUIREMENTS := pyproject.toml requirements/standalone.txt requirements/dev.txt
 
-.PHONY: demo test test-psycopg2 lint format bench bench-small clean-db venv wheel test-wheel host-test worker worker-stop
+.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small clean-db venv wheel test-wheel host-test \
+	worker worker-stop
 
 venv: $(STAMP)
 
@@ -98,6 +99,13 @@ $(VENV2)/.installed: $(REQUIREMENTS)
 	$(VENV2)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The six-submitter live-traffic test under psycopg2 with the host's Redis lock: the host's own
+# driver and lock together (slow; CI runs it once).
+test-psycopg2-live: $(VENV2)/.installed
+	$(VENV2)/bin/python -m pytest \
+		"tests/ledger/test_live_traffic.py::test_live_submissions_never_fail_during_apply_and_undo[redis-1]" \
+		$(PYTEST_ARGS)
+
 test-psycopg2: $(VENV2)/.installed
 	$(VENV2)/bin/python -c "import importlib.util as u; assert not u.find_spec('psycopg'), 'psycopg 3 present'"
 	$(VENV2)/bin/python -m pytest tests/ledger tests/audit $(PYTEST_ARGS)
@@ -125,9 +133,11 @@ test-wheel: wheel
 	cd build && ../$(VENV3)/bin/python -c "import ledger, sys; \
 		assert 'site-packages' in ledger.__file__, ledger.__file__; print('contract ran from', ledger.__file__)"
 
-# The ledger inside the real CommCare Connect (HOST: its checkout, at 8f79228b): the contract
+# The ledger inside the real CommCare Connect (HOST: its checkout, at 8f79228b): the stand-in's
+# comparisons with the host's source (tests/host, which skip without a checkout), the contract
 # suite, then the host's own full suite with the ledger installed. See host_test/README.md.
 HOST ?= /work/host
-host-test:
+host-test: $(STAMP)
+	HOST_CHECKOUT=$(HOST) $(PY) -m pytest tests/host $(PYTEST_ARGS)
 	HOST=$(HOST) host_test/run.sh contract
 	HOST=$(HOST) host_test/run.sh host-suite

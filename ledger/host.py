@@ -14,10 +14,8 @@ host at ``commcare_connect.opportunity`` (checked against commit 8f79228b; see
 from __future__ import annotations
 
 import copy
-import datetime
 from collections.abc import Callable, Iterable, Sequence
 
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from commcare_connect.opportunity.models import (
@@ -61,13 +59,10 @@ __all__ = [
     "accesses_for_recompute",
     "bulk_update_payment_accrued",
     "currency_codes",
-    "missing_exchange_rates",
     "recompute_access",
     "recompute_loaded",
     "simulate_recompute",
 ]
-
-USD = "USD"
 
 
 def currency_codes(opportunity_ids: Iterable[int]) -> dict[int, str | None]:
@@ -75,22 +70,6 @@ def currency_codes(opportunity_ids: Iterable[int]) -> dict[int, str | None]:
     return dict(
         Opportunity.objects.filter(pk__in=list(opportunity_ids)).values_list("pk", "currency__code")
     )
-
-
-def missing_exchange_rates(codes: Iterable[str | None], on: datetime.date) -> list[str]:
-    """Codes the host's ``get_exchange_rate`` could not price from stored rates on ``on``.
-
-    The host fetches a missing rate from an external rates service, over the network, in the
-    middle of its recompute; a dry run must not do that behind the operator's back. ``None``
-    (an opportunity without a currency) makes the host raise, so it is reported too.
-    """
-    wanted = {c.upper() if c else None for c in codes} - {USD}
-    stored = set(
-        ExchangeRate.objects.filter(
-            currency_code__in=[c for c in wanted if c], rate_date__lte=on
-        ).values_list("currency_code", flat=True)
-    )
-    return sorted((c or "(none)") for c in wanted if c not in stored)
 
 
 def simulate_recompute(access: OpportunityAccess) -> int:
@@ -101,10 +80,17 @@ def simulate_recompute(access: OpportunityAccess) -> int:
     accrual lock: meant for a transaction the caller has locked its rows in and rolls back. The
     host assigns and saves ``payment_accrued`` on the object it is given, so it gets a copy: the
     caller's object keeps the accrual as it is now.
+
+    The works are taken in id order. The host's own query has no order, and the result can
+    depend on it in one case (a work of a unit whose child units the worker never worked, under
+    a worked parent unit; see :mod:`ledger.accrual_rules`): id order is the one the ledger's
+    projection follows.
     """
     scratch = copy.copy(access)
-    works = CompletedWork.objects.filter(opportunity_access_id=access.pk).select_related(
-        "payment_unit"
+    works = (
+        CompletedWork.objects.filter(opportunity_access_id=access.pk)
+        .select_related("payment_unit")
+        .order_by("id")
     )
     update_status(works, scratch, compute_payment=True)
     return scratch.payment_accrued
@@ -157,7 +143,3 @@ def access_lock() -> Callable[[Sequence[int], float], Release] | None:
     """
     path = conf.get("ACCESS_LOCK")
     return import_string(path) if path else None
-
-
-def today() -> datetime.date:
-    return timezone.now().date()

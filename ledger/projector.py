@@ -56,7 +56,7 @@ from ledger.sql import (
     table,
     text_array,
 )
-from ledger.state import Latest, batches_of, latest_events, members_text
+from ledger.state import Latest, batches_of, latest_events, members_text, unit_of
 
 FEW_GROUPS = 20  # up to this many (status, stamp) groups, update each by id list
 VISIT = EntityKind.visit.value
@@ -211,10 +211,6 @@ def _conflicts(flips: Sequence[Flip], now: _Now) -> list[Conflict]:
     ]
 
 
-def _unit(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
-    return (WORK, work_id) if work_id is not None else (kind, entity_id)
-
-
 def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> None:
     """Set status and status_modified_date of (id, status, stamp) rows.
 
@@ -299,7 +295,11 @@ def project(
     head_id, head_hash = head.event_id, head.event_hash
     now_at = db_now()
     deadline = time.monotonic() + conf.get("ACCESS_LOCK_WAIT")
-    # The accrual locks first: the host's recompute holds its access's lock while it writes
+    # An over-cap plan's claim limits before anything else, as the host's form processor
+    # takes them: a submission holding one has taken nothing else of ours to wait for.
+    if assumptions:
+        assumptions.lock_caps(deadline, skipping=skip_conflicts)
+    # Then the accrual locks: the host's recompute holds its access's lock while it writes
     # the access's works, so a request inside its recompute can only finish if the projection
     # does not hold those rows yet; requests that have not reached their recompute wait at the
     # lock until the projection commits.
@@ -308,12 +308,21 @@ def project(
     if lock is not None and access_ids:
         releases.append(take_access_locks(lock, access_ids, conf.get("ACCESS_LOCK_WAIT")))
     current = _lock_units(flips, skip_busy=skip_conflicts, deadline=deadline)
-    stale = assumptions.check(flips, current.works, deadline) if assumptions else []
+    stale: list[Conflict] = []
+    if assumptions:
+        busy = None
+        if skip_conflicts:
+            busy = {
+                unit_of(f.entity_kind, f.entity_id, f.completed_work_id)
+                for f in flips
+                if (f.entity_kind, f.entity_id) in current.busy
+            }
+        stale = assumptions.check(flips, current.works, deadline, busy)
 
     result = Projection(recorded_at=now_at)
     conflicts = _conflicts(flips, current)
     if stale and not skip_conflicts:
-        units = {_unit(c.entity_kind, c.entity_id, c.completed_work_id) for c in stale}
+        units = {unit_of(c.entity_kind, c.entity_id, c.completed_work_id) for c in stale}
         raise StalePlan(
             f"batch {batch.pk} is stale: what its reviewed plan assumed no longer holds for "
             f"{len(units)} units",
@@ -327,10 +336,10 @@ def project(
                 "longer as the batch expects",
                 conflicts,
             )
-        bad = {_unit(c.entity_kind, c.entity_id, c.completed_work_id) for c in conflicts}
+        bad = {unit_of(c.entity_kind, c.entity_id, c.completed_work_id) for c in conflicts}
         result.skipped = conflicts
         flips = [
-            f for f in flips if _unit(f.entity_kind, f.entity_id, f.completed_work_id) not in bad
+            f for f in flips if unit_of(f.entity_kind, f.entity_id, f.completed_work_id) not in bad
         ]
 
     # Each work's visits after the flip, recorded on its event (the lock-time view is not

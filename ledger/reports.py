@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.db.models import Sum
@@ -51,6 +52,13 @@ SUSPENDED_NOTE = (
 )
 
 
+ORDER_NOTE = (
+    "{n} accesses ({shown}) have a work of a payment unit whose child units the worker never "
+    "worked, under a worked parent unit: the host's recompute of these depends on the order "
+    "its query returns their works (it has none); they are priced in id order."
+)
+
+
 def plan_report(
     batch: str | None,
     state: str,
@@ -61,6 +69,9 @@ def plan_report(
     rows: list[PlannedRow],
     prices: dict[int, AccessPrice],
     duplicate_entries: list[str] | None = None,
+    *,
+    pricing: str = "projection",
+    order_dependent: Iterable[int] = (),
 ) -> PlanReport:
     counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
@@ -127,8 +138,18 @@ def plan_report(
         exclusions=_exclusions(rows),
         totals=totals,
         duplicate_entries=duplicate_entries or [],
-        notes=[SUSPENDED_NOTE] if totals.suspended_accesses else [],
+        notes=_notes(totals, sorted(order_dependent)),
+        pricing=pricing,
     )
+
+
+def _notes(totals: PlanTotals, order_dependent: list[int]) -> list[str]:
+    notes = [SUSPENDED_NOTE] if totals.suspended_accesses else []
+    if order_dependent:
+        shown = ", ".join(map(str, order_dependent[:10]))
+        shown += " …" if len(order_dependent) > 10 else ""
+        notes.append(ORDER_NOTE.format(n=len(order_dependent), shown=shown))
+    return notes
 
 
 def scan_report(rows: list[PlannedRow]) -> ScanReport:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 from decimal import Decimal
+from typing import Literal
 
 import msgspec
 
@@ -80,6 +81,9 @@ class PlanReport(msgspec.Struct, kw_only=True):
     duplicate_entries: list[str] = []
     # What an operator should know about how the plan is carried out.
     notes: list[str] = []
+    # How it was priced: "projection" (the host's rules projected in SQL, the default) or
+    # "exact" (the host's own code in a rolled-back transaction, plan --exact).
+    pricing: Literal["projection", "exact"] = "projection"
 
 
 class Conflict(msgspec.Struct, kw_only=True):

@@ -128,13 +128,15 @@ def _store_plan(
     ticket: str,
     scope: dict,
     duplicate_entries: list[str],
+    pricing: str = "projection",
+    order_dependent: Iterable[int] = (),
     reverts: CorrectionBatch | None = None,
 ) -> PlanReport:
     digest = plan_digest(rows)
     batch_id = uuid.uuid4()
     report = plan_report(
         str(batch_id), BatchState.planned, planner, reason, scope, digest, rows, prices,
-        duplicate_entries,
+        duplicate_entries, pricing=pricing, order_dependent=order_dependent,
     )  # fmt: skip
     with transaction.atomic():
         if reverts is not None:
@@ -153,7 +155,7 @@ def _store_plan(
         insert_rows(
             PlannedChange,
             ("batch_id", *PlannedRow._fields),
-            ((batch.pk, *row) for row in rows),
+            ((batch_id, *row) for row in rows),
         )
         entries.record(batch, "plan", actor, entries.plan_details(batch))
     return report
@@ -179,6 +181,7 @@ def _priced_plan(
     duplicate_entries: list[str] | None = None,
     *,
     insist: bool = False,
+    exact: bool = False,
     progress: Progress | None = None,
     reverts: CorrectionBatch | None = None,
     stamps: dict[tuple[str, int], object] | None = None,
@@ -190,18 +193,21 @@ def _priced_plan(
     ``would_not_hold`` and the rest re-priced — or, for a list that insists on every unit it
     names, the plan is refused. An undo plan (``reverts``) carries its expectations already —
     each row expects the event it inverts — and ``stamps``, the ``status_modified_date`` each
-    row restores, which prices approved work at the rate of its own day.
+    row restores, which prices approved work at the rate of its own day. ``exact`` prices with
+    the host's own code instead of the projection of its rules (:mod:`ledger.pricing`).
     """
     duplicate_entries = duplicate_entries or []
+    method = "exact" if exact else "projection"
     if reverts is None:
         rows = with_expectations(rows)
     prices: dict[int, AccessPrice] = {}
     for _ in range(PRICING_PASSES):
         if not any(not r.excluded for r in rows):
             return plan_report(
-                None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries
-            )
-        pricing = price(rows, progress, stamps=stamps)
+                None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries,
+                pricing=method,
+            )  # fmt: skip
+        pricing = price(rows, progress, stamps=stamps, exact=exact)
         prices = pricing.prices
         if not pricing.unstable:
             break
@@ -226,6 +232,8 @@ def _priced_plan(
         ticket=ticket,
         scope=scope,
         duplicate_entries=duplicate_entries,
+        pricing=method,
+        order_dependent=pricing.order_dependent,
         reverts=reverts,
     )
 
@@ -250,8 +258,10 @@ def plan_over_cap(
     skip_suspended: bool = False,
     ticket: str = "",
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> PlanReport:
-    """Plan the over-cap correction of explicit opportunities and price it."""
+    """Plan the over-cap correction of explicit opportunities and price it (``exact``: with
+    the host's own code, see :mod:`ledger.pricing`)."""
     reason = _require_reason(reason)
     ticket = _check_ticket(ticket)
     actor = people.actor(operator, people.PLAN)
@@ -264,7 +274,9 @@ def plan_over_cap(
         "include_paid": include_paid,
         "skip_suspended": skip_suspended,
     }
-    return _priced_plan(Planner.over_cap, rows, reason, actor, ticket, scope, progress=progress)
+    return _priced_plan(
+        Planner.over_cap, rows, reason, actor, ticket, scope, exact=exact, progress=progress
+    )
 
 
 def scan_over_cap() -> ScanReport:
@@ -281,8 +293,10 @@ def plan_visits(
     operator: str | None = None,
     ticket: str = "",
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> PlanReport:
-    """Plan a targeted fix of listed visits (and their completed works) and price it."""
+    """Plan a targeted fix of listed visits (and their completed works) and price it (``exact``:
+    with the host's own code, see :mod:`ledger.pricing`)."""
     reason = _require_reason(reason)
     ticket = _check_ticket(ticket)
     actor = people.actor(operator, people.PLAN)
@@ -300,7 +314,7 @@ def plan_visits(
     }
     return _priced_plan(
         Planner.visit_list, rows, reason, actor, ticket, scope, duplicates,
-        insist=True, progress=progress,
+        insist=True, exact=exact, progress=progress,
     )  # fmt: skip
 
 
@@ -610,9 +624,11 @@ def plan_undo(
     operator: str | None = None,
     ticket: str = "",
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> PlanReport:
     """Plan the undo of an applied batch as a priced batch of its own, to be approved by
-    someone else and applied like any plan: undoing gives the pay back, so it moves money.
+    someone else and applied like any plan: undoing gives the pay back, so it moves money
+    (``exact``: priced with the host's own code, see :mod:`ledger.pricing`).
 
     Each row inverts one of the batch's events not inverted yet. A unit the host's recompute
     would not keep restored is left out (``would_not_hold``); the batch is then partially
@@ -629,7 +645,7 @@ def plan_undo(
     stamps = _restored_stamps(r.prev_event_id for r in rows)
     report = _priced_plan(
         Planner.undo, rows, reason, actor, ticket, {"reverts": str(original.pk)},
-        progress=progress, reverts=original,
+        progress=progress, reverts=original, exact=exact,
         stamps={(r.entity_kind, r.entity_id): stamps.get(r.prev_event_id) for r in rows},
     )  # fmt: skip
     if report.batch is None:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import connection, transaction
 
 CHUNK = 10_000
 
@@ -218,3 +218,20 @@ def ids_where(model, column: str, values: Sequence[int]) -> list[int]:
             [int_array(values)],
         )
         return [pk for (pk,) in cursor.fetchall()]
+
+
+@contextmanager
+def read_only_snapshot() -> Iterator[None]:
+    """One consistent view of the database for several reads, taking no lock.
+
+    A transaction of its own, ``REPEATABLE READ, READ ONLY``: every statement sees the same
+    snapshot and the database refuses any write. Inside a caller's transaction
+    (``ATOMIC_REQUESTS``, a test case) the reads run in it, at its isolation level.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

@@ -13,7 +13,13 @@ from django.db import connection
 
 from ledger.host import UserVisit
 from ledger.models import CorrectionEvent
-from ledger.sql import int_array, table, text_array
+from ledger.sql import int_array, table
+
+
+def unit_of(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
+    """The unit an entity is flipped with: its completed work (with the work's visits), or a
+    visit without a work on its own."""
+    return ("completed_work", work_id) if work_id is not None else (kind, entity_id)
 
 
 def members_text(members: dict[int, str]) -> str:
@@ -64,9 +70,9 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
     one, so batch 2 can be undone next — and batch 1 only after it.
     """
     found = Latest()
-    pairs = sorted(set(pairs))
-    if not pairs:
-        return found
+    ids_by_kind: dict[str, set[int]] = {}
+    for kind, pk in pairs:
+        ids_by_kind.setdefault(kind, set()).add(pk)
     events = table(CorrectionEvent)
     live_only = (
         f"""AND e.inverts_id IS NULL
@@ -75,18 +81,21 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
         else ""
     )
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""SELECT u.kind, u.id, l.id
-                FROM unnest(%s::text[], %s::bigint[]) AS u(kind, id)
-                CROSS JOIN LATERAL (
-                    SELECT e.id FROM {events} e
-                    WHERE e.entity_kind = u.kind AND e.entity_id = u.id {live_only}
-                    ORDER BY e.id DESC LIMIT 1
-                ) l""",
-            [text_array(k for k, _ in pairs), int_array(i for _, i in pairs)],
-        )
-        for kind, pk, event_id in cursor:  # a row at a time: no list of them all
-            found.by_kind.setdefault(kind, {})[pk] = event_id
+        for kind, ids in sorted(ids_by_kind.items()):
+            # One kind at a time: the ids go as one integer array, no kind per row.
+            cursor.execute(
+                f"""SELECT u.id, l.id
+                    FROM unnest(%s::bigint[]) AS u(id)
+                    CROSS JOIN LATERAL (
+                        SELECT e.id FROM {events} e
+                        WHERE e.entity_kind = %s AND e.entity_id = u.id {live_only}
+                        ORDER BY e.id DESC LIMIT 1
+                    ) l""",
+                [int_array(sorted(ids)), kind],
+            )
+            latest = found.by_kind[kind] = {}
+            for pk, event_id in cursor:  # a row at a time: no list of them all
+                latest[pk] = event_id
     return found
 
 

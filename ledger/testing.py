@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ import pgtrigger
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from ledger.host import CompletedWork, UserVisit
+from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import (
     AccrualRecompute,
     BatchEntry,
@@ -123,59 +124,146 @@ def _installed_triggers() -> set[str]:
         return {name for (name,) in cursor.fetchall()}
 
 
+RAISED_BY_TRIGGER = "P0001"  # SQLSTATE raise_exception: what the guards' RAISE gives
+_GUARD_MESSAGE = re.compile(
+    r"^pgtrigger: Cannot (?P<operations>[a-z]+(?: or [a-z]+)*) (?:rows from )?(?P<table>\S+) table"
+)
+
+
+def _guard_refusal(error: DatabaseError, operation: str, table: str) -> bool:
+    """Whether ``error`` is the append-only guard's refusal of ``operation`` on ``table``.
+
+    The guards raise ``pgtrigger: Cannot update or delete rows from <table> table`` (or
+    ``Cannot truncate <table> table``) with SQLSTATE P0001. Anything else (a permission denied,
+    a lock timeout, a foreign key) is not the guard: the helper must not count it as one.
+    """
+    from ledger.retry import sqlstate
+
+    found = _GUARD_MESSAGE.search(str(error))
+    return (
+        sqlstate(error) == RAISED_BY_TRIGGER
+        and found is not None
+        and operation in found["operations"].split(" or ")
+        and found["table"] == table
+    )
+
+
+def _probe_event() -> None:
+    """An event to try UPDATE and DELETE on, for a ledger with none yet (rolled back after)."""
+    probe = CorrectionBatch.objects.create(
+        planner="visit_list",
+        reason="ledger.testing: append-only probe (rolled back)",
+        planned_by="ledger.testing",
+        plan_digest="0" * 64,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        (now,) = cursor.fetchone()
+    CorrectionEvent.objects.create(
+        batch=probe, entity_kind=EntityKind.visit, entity_id=0, opportunity_id=0,
+        from_status="approved", to_status="over_limit", reason="probe", recorded_at=now,
+        prev_hash="0" * 64, hash="0" * 64,
+    )  # fmt: skip
+
+
 def assert_append_only() -> None:
-    """The database itself refuses UPDATE, DELETE and TRUNCATE on the events table."""
+    """The database itself refuses UPDATE, DELETE and TRUNCATE on the events table.
+
+    Each statement must be refused *by the ledger's guard* (its SQLSTATE and message); any
+    other database error fails the assertion with that error. UPDATE and DELETE are tried on
+    existing events, or on a probe event made for the purpose when there are none; everything
+    runs in a transaction that is rolled back, so nothing is lost if a guard is missing.
+    """
     installed = _installed_triggers()
     missing = [g for g in APPEND_ONLY_GUARDS if not any(f"_{g}_" in t for t in installed)]
     if missing:
         raise AssertionError(f"append-only triggers not installed: {', '.join(missing)}")
-    table = connection.ops.quote_name(CorrectionEvent._meta.db_table)
-    statements = [f"TRUNCATE {table} CASCADE"]
-    if CorrectionEvent.objects.exists():
-        statements += [f"UPDATE {table} SET reason = reason", f"DELETE FROM {table}"]
-    for sql in statements:
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(sql)
-        except DatabaseError:
-            continue
-        raise AssertionError(f"the database accepted {sql!r} on the events table")
+    table = CorrectionEvent._meta.db_table
+    quoted = connection.ops.quote_name(table)
+    statements = [
+        ("update", f"UPDATE {quoted} SET reason = reason"),
+        ("delete", f"DELETE FROM {quoted}"),
+        ("truncate", f"TRUNCATE {quoted} CASCADE"),
+    ]
+    with transaction.atomic():
+        # Deferred checks still pending in the caller's transaction (or from the probe) would
+        # make PostgreSQL refuse TRUNCATE before the guard is reached; run them now.
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        if not CorrectionEvent.objects.exists():
+            _probe_event()
+        for operation, sql in statements:
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(sql)
+            except DatabaseError as error:
+                if _guard_refusal(error, operation, table):
+                    continue
+                raise AssertionError(
+                    f"{sql!r} on the events table failed, but not by the append-only guard: {error}"
+                ) from error
+            transaction.set_rollback(True)
+            raise AssertionError(f"the database accepted {sql!r} on the events table")
+        transaction.set_rollback(True)
 
 
 def assert_batch_reverted(batch_id: str) -> None:
-    """After a complete undo: pre-batch statuses, dates and accruals are back."""
+    """After a complete undo: pre-batch statuses, dates and accruals are back, live.
+
+    Compares the host's rows as they are now — each entity's status and
+    ``status_modified_date``, each access's ``payment_accrued`` — with what they were before
+    the batch (its events' from-states, its recompute rows' accrual before). Refuses to pass
+    on nothing: a batch without events or without recompute rows fails the assertion.
+    """
     batch = CorrectionBatch.objects.get(pk=batch_id)
-    undo = batch.reverted_by.order_by("-created_at").first()
-    if undo is None:
+    undos = list(batch.reverted_by.all())
+    if not undos:
         raise AssertionError(f"batch {batch_id} has not been undone")
     if batch.state != "undone":
         raise AssertionError(f"batch {batch_id} is {batch.state}: some of its units were skipped")
     firsts: dict[tuple[str, int], CorrectionEvent] = {}
     for event in batch.events.order_by("id"):
         firsts.setdefault((event.entity_kind, event.entity_id), event)
+    if not firsts:
+        raise AssertionError(f"batch {batch_id} has no events: there is nothing to compare")
+    before = dict(
+        AccrualRecompute.objects.filter(batch=batch).values_list("access_id", "accrual_before")
+    )
+    if not before:
+        raise AssertionError(
+            f"batch {batch_id} recorded no accrual recompute: its accruals cannot be compared"
+        )
     models = {EntityKind.visit: UserVisit, EntityKind.completed_work: CompletedWork}
     problems = []
     for kind, model in models.items():
         ids = [pk for (k, pk) in firsts if k == kind]
-        for pk, status, modified in model.objects.filter(pk__in=ids).values_list(
-            "pk", "status", "status_modified_date"
-        ):
+        found = {
+            pk: (status, modified)
+            for pk, status, modified in model.objects.filter(pk__in=ids).values_list(
+                "pk", "status", "status_modified_date"
+            )
+        }
+        for pk in ids:
             event = firsts[(kind.value, pk)]
-            if (status, modified) != (event.from_status, event.prior_status_modified_date):
+            if pk not in found:
+                problems.append(f"{kind} {pk}: gone")
+            elif found[pk] != (event.from_status, event.prior_status_modified_date):
+                status, modified = found[pk]
                 problems.append(
                     f"{kind} {pk}: now {status} @ {modified}, before the batch "
                     f"{event.from_status} @ {event.prior_status_modified_date}"
                 )
-    before = dict(
-        AccrualRecompute.objects.filter(batch=batch).values_list("access_id", "accrual_before")
+    pending = AccrualRecompute.objects.filter(batch__in=undos).exclude(state="done")
+    for access_id, state in pending.values_list("access_id", "state"):
+        problems.append(f"access {access_id}: the undo's recompute is {state}")
+    live = dict(
+        OpportunityAccess.objects.filter(pk__in=list(before)).values_list("pk", "payment_accrued")
     )
-    for access_id, state, after in AccrualRecompute.objects.filter(batch=undo).values_list(
-        "access_id", "state", "accrual_after"
-    ):
-        if state != "done" or after != before.get(access_id):
+    for access_id, accrual in sorted(before.items()):
+        if live.get(access_id) != accrual:
             problems.append(
-                f"access {access_id}: accrual {after} ({state}) after undo, "
-                f"{before.get(access_id)} before the batch"
+                f"access {access_id}: payment_accrued {live.get(access_id)} now, "
+                f"{accrual} before the batch"
             )
     if problems:
         raise AssertionError("batch not fully reverted:\n  " + "\n  ".join(problems))

@@ -38,6 +38,7 @@ from commcare_connect.opportunity.models import (
 )
 from commcare_connect.organization.models import Organization
 from commcare_connect.users.models import User
+from tests.pytest_skips import skip_unprovided
 
 T0 = datetime.datetime(2026, 3, 2, 9, 0, tzinfo=datetime.UTC)
 # The processor compares claim end dates with the real today: claims stay open by default.
@@ -288,10 +289,13 @@ NAMED_OPERATORS = ("alice", "bob", "carol")
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    pytest.importorskip("django_redis")
+    try:
+        import django_redis  # noqa: F401
+    except ImportError:
+        skip_unprovided("django-redis", "not installed (requirements/dev.txt)")
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("no redis-server")
+        skip_unprovided("redis-server", "not on PATH (apt-get install redis-server)")
     folder = tmp_path_factory.mktemp("redis")
     socket = folder / "redis.sock"
     process = subprocess.Popen(
@@ -306,7 +310,7 @@ def redis_url(tmp_path_factory):
                 break
             time.sleep(0.05)
         else:
-            pytest.skip("redis-server did not start")
+            skip_unprovided("redis-server", f"{server} did not open {socket}")
         yield f"unix://{socket}?db=0"
     finally:
         process.terminate()

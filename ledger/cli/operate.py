@@ -75,6 +75,7 @@ def add_parsers(subparsers) -> None:
         action="store_true",
         help="Leave suspended workers' accesses alone (included and flagged by default).",
     )
+    _exact(over_cap)
     _common(over_cap)
     over_cap.set_defaults(handler=handle_plan_over_cap)
 
@@ -110,6 +111,7 @@ def add_parsers(subparsers) -> None:
         help=f"Why the correction is made (at most {inputs.MAX_REASON} characters).",
     )
     _ticket(visits)
+    _exact(visits)
     _common(visits)
     visits.set_defaults(handler=handle_plan_visits)
 
@@ -128,6 +130,7 @@ def add_parsers(subparsers) -> None:
         help=f"Why it is undone (at most {inputs.MAX_REASON} characters).",
     )
     _ticket(undo_plan)
+    _exact(undo_plan)
     _common(undo_plan)
     undo_plan.set_defaults(handler=handle_plan_undo)
 
@@ -269,6 +272,16 @@ def _json(parser) -> None:
     )
 
 
+def _exact(parser) -> None:
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="Price with the host's own recompute, run per worker in a rolled-back "
+        "transaction that locks the workers' rows while it runs (default: the host's rules "
+        "projected in SQL from a read-only snapshot, no lock, the same figures).",
+    )
+
+
 def _common(parser) -> None:
     parser.add_argument(
         "--operator",
@@ -291,7 +304,11 @@ def handle_plan_over_cap(options: dict, out: Output) -> None:
     operator = inputs.operator(options.get("operator"))
     if options["all"]:
         values = ("--reason", "reason"), ("--ticket", "ticket"), ("--exclude", "exclude")
-        flags = ("--include-paid", "include_paid"), ("--skip-suspended", "skip_suspended")
+        flags = (
+            ("--include-paid", "include_paid"),
+            ("--skip-suspended", "skip_suspended"),
+            ("--exact", "exact"),
+        )
         given = [option for option, key in values if options.get(key) is not None]
         given += [flag for flag, key in flags if options.get(key)]
         if options.get("operator") is not None:
@@ -317,6 +334,7 @@ def handle_plan_over_cap(options: dict, out: Output) -> None:
         skip_suspended=options["skip_suspended"],
         ticket=ticket,
         progress=out.progress,
+        exact=options["exact"],
     )
     print_plan(report, out)
 
@@ -350,6 +368,7 @@ def handle_plan_visits(options: dict, out: Output) -> None:
         operator=operator,
         ticket=ticket,
         progress=out.progress,
+        exact=options["exact"],
     )
     print_plan(report, out)
 
@@ -361,8 +380,9 @@ def handle_plan_undo(options: dict, out: Output) -> None:
     batch = inputs.batch_id(options["batch"])
     out.progress(f"planning the undo of batch {batch}")
     report = services.plan_undo(
-        batch, reason=reason, operator=operator, ticket=ticket, progress=out.progress
-    )
+        batch, reason=reason, operator=operator, ticket=ticket, progress=out.progress,
+        exact=options["exact"],
+    )  # fmt: skip
     print_plan(report, out)
 
 
@@ -613,6 +633,8 @@ def print_plan(report: PlanReport, out: Output) -> None:
     if report.accesses:
         out.line("")
         print_money(report.accesses, t, out)
+        if report.pricing == "exact":
+            out.line("Priced by the host's own recompute, run in a rolled-back transaction.")
     if report.duplicate_entries:
         shown = ", ".join(report.duplicate_entries[:10])
         more = " …" if len(report.duplicate_entries) > 10 else ""

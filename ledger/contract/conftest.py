@@ -41,18 +41,33 @@ class World:
             )
         return currency
 
-    def opportunity(self, code: str = "USD", rate: Decimal | None = None):
+    def rate(self, code: str, day: datetime.date, rate: Decimal) -> None:
+        """Store the host's exchange rate of ``code`` from ``day`` on (until a later one)."""
+        self.currency(code)
+        host.ExchangeRate.objects.create(currency_code=code, rate_date=day, rate=rate)
+
+    def opportunity(self, code: str = "USD", rate: Decimal | None = None, *, managed=False):
         return baker.make(
             host.Opportunity,
             currency=self.currency(code, rate),
             auto_approve_visits=True,
             auto_approve_payments=True,
-            managed=False,
+            managed=managed,
             active=True,
             is_test=False,
         )
 
-    def unit(self, opportunity, *, amount: int = 100, org_amount: int = 20, forms: int = 1):
+    def unit(
+        self,
+        opportunity,
+        *,
+        amount: int = 100,
+        org_amount: int = 20,
+        forms: int = 1,
+        optional: int = 0,
+        parent: Unit | None = None,
+    ):
+        """A payment unit with ``forms`` required and ``optional`` optional deliver units."""
         pu = baker.make(
             host.PaymentUnit,
             opportunity=opportunity,
@@ -60,7 +75,7 @@ class World:
             org_amount=org_amount,
             max_total=1000,
             max_daily=1000,
-            parent_payment_unit=None,
+            parent_payment_unit=parent.payment_unit if parent else None,
             start_date=None,
             end_date=None,
         )
@@ -68,6 +83,10 @@ class World:
         for _ in range(forms):
             unit.required.append(
                 baker.make(host.DeliverUnit, payment_unit=pu, optional=False, slug=self._tag())
+            )
+        for _ in range(optional):
+            unit.optional.append(
+                baker.make(host.DeliverUnit, payment_unit=pu, optional=True, slug=self._tag())
             )
         return unit
 
@@ -102,17 +121,20 @@ class World:
         visit_status: str = "approved",
         review_status: str = "agree",
         forms: list | None = None,
+        status: str = "approved",
+        modified: datetime.datetime = PAST,
+        entity: str | None = None,
         **fields,
     ):
-        """A completed work with one visit per form; its figures are set by :meth:`settle`."""
-        entity = self._tag()
+        """A completed work with one visit per form (a form listed twice: two visits); its
+        figures are set by :meth:`settle`. Works of parent and child units share ``entity``."""
         work = baker.make(
             host.CompletedWork,
             opportunity_access=access,
             payment_unit=unit.payment_unit,
-            entity_id=entity,
-            status=host.CompletedWorkStatus.approved,
-            status_modified_date=PAST,
+            entity_id=entity or self._tag(),
+            status=status,
+            status_modified_date=modified,
             payment_date=None,
             invoice=None,
             **fields,
@@ -138,6 +160,19 @@ class World:
             status_modified_date=PAST,
             flagged=False,
             form_json={},
+        )
+
+    def pay(self, access, amount: Decimal):
+        """A payment to the worker of ``access`` (what the plan calls paid to date)."""
+        return baker.make(
+            host.Payment,
+            opportunity_access=access,
+            amount=amount,
+            amount_usd=None,
+            date_paid=PAST,
+            payment_unit=None,
+            organization=None,
+            invoice=None,
         )
 
     def settle(self, *accesses) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from decimal import Decimal
 
 import pytest
@@ -139,7 +140,7 @@ def test_a_list_naming_part_of_a_work_is_refused_or_expanded(world, corrections,
     refused = corrections(
         "plan", "visits", "--xform-ids", str(ids), "--reason", "contract", "--json"
     )
-    assert refused.code != 0
+    assert refused.code == 3
     assert f"work {work.pk}" in refused.err and second.xform_id in refused.err
     assert CorrectionBatch.objects.count() == batches  # nothing planned
 
@@ -220,12 +221,12 @@ def test_four_eyes_a_plan_is_applied_only_after_someone_else_approves_it(
     opp, _, _ = _over_cap_world(world)
     plan = _plan(corrections, opp)
     refused = corrections("apply", "--batch", plan["batch"])
-    assert refused.code != 0 and "has not been approved" in refused.err
+    assert refused.code == 4 and "has not been approved" in refused.err
     own = corrections(
         "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
         "--operator", planner,
     )  # fmt: skip
-    assert own.code != 0 and "someone else must approve" in own.err
+    assert own.code == 7 and "someone else must approve" in own.err
     approved = corrections(
         "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
         "--operator", reviewer,
@@ -245,3 +246,32 @@ def test_verify_holds_the_record_after_apply_and_undo(world, corrections, apply,
     assert verified.code == 0, verified.out
     checks = {c["name"] for c in verified.json["checks"]}
     assert {"chain", "lifecycle", "plans", "accruals", "triggers"} <= checks
+
+
+def test_pricing_is_refused_without_a_stored_exchange_rate(world, corrections, tmp_path):
+    """Re-approving work is priced at today's rate; with none stored on or before today the
+    host would fetch one over the network in the middle of the dry run: refused instead."""
+    world.rate("XOF", datetime.date(2099, 1, 1), Decimal(600))  # a rate, but not yet in force
+    opp = world.opportunity("XOF")
+    unit = world.unit(opp, amount=6000, org_amount=600)
+    access = world.access(opp, {unit: 5})
+    work = world.work(access, unit, status="over_limit", visit_status="over_limit")
+    world.settle(access)
+    ids = tmp_path / "xforms.txt"
+    ids.write_text(
+        "\n".join(
+            host.UserVisit.objects.filter(completed_work=work).values_list("xform_id", flat=True)
+        )
+    )
+    batches = CorrectionBatch.objects.count()
+
+    refused = corrections(
+        "plan", "visits", "--xform-ids", str(ids), "--to", "approved", "--reason", "contract",
+        "--json",
+    )  # fmt: skip
+    assert refused.code == 3, refused.err
+    assert "no stored exchange rate on or before" in refused.err and "XOF" in refused.err
+    assert refused.json["error"] == "bad_input"
+    assert CorrectionBatch.objects.count() == batches  # nothing planned
+    work.refresh_from_db()
+    assert work.status == "over_limit"

@@ -158,23 +158,43 @@ def _parts_sql() -> str:
     )
 
 
-def rank_context(work_ids: list[int]) -> tuple[list[int], list[int]]:
-    """What the rank of these works depends on: the ids of every work of the same worker and
-    payment unit (over_limit ones included: one set back would move the rest), and of the
-    claim limits that cap them."""
+def rank_context(
+    work_ids: list[int],
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """What the rank of these (planned) works depends on, each row with its (access, payment
+    unit): the planned works themselves; the other works of the same worker and payment unit
+    ranked before the last planned one and not over_limit — one of them set over_limit, or
+    gone, would move a planned work back within the cap (a change to a work ranked after, or
+    an over_limit work set back, can only move planned works further past it); and the claim
+    limits that cap them."""
+    works = table(CompletedWork)
     rows = fetch(
-        f"""WITH {_parts_sql()}
-            SELECT 'work', w.id FROM {table(CompletedWork)} w
-            JOIN parts p
-              ON p.access_id = w.opportunity_access_id AND p.payment_unit_id = w.payment_unit_id
+        f"""WITH {_parts_sql()},
+            planned AS (
+                SELECT id, opportunity_access_id AS access_id, payment_unit_id, date_created
+                FROM {works} WHERE id = ANY(%(works)s::bigint[])
+            ),
+            last AS (
+                SELECT DISTINCT ON (access_id, payment_unit_id)
+                       access_id, payment_unit_id, date_created, id
+                FROM planned ORDER BY access_id, payment_unit_id, date_created DESC, id DESC
+            )
+            SELECT 'planned', id, access_id, payment_unit_id FROM planned
             UNION ALL
-            SELECT 'limit', id FROM limits""",
-        {"works": int_array(work_ids)},
+            SELECT 'before', w.id, w.opportunity_access_id, w.payment_unit_id
+            FROM {works} w
+            JOIN last l
+              ON l.access_id = w.opportunity_access_id AND l.payment_unit_id = w.payment_unit_id
+            WHERE w.status <> %(over_limit)s AND (w.date_created, w.id) < (l.date_created, l.id)
+              AND w.id <> ALL(%(works)s::bigint[])
+            UNION ALL
+            SELECT 'limit', id, access_id, payment_unit_id FROM limits""",
+        {"works": int_array(work_ids), "over_limit": OVER_LIMIT},
     )
-    return (
-        sorted(pk for kind, pk in rows if kind == "work"),
-        sorted(pk for kind, pk in rows if kind == "limit"),
-    )
+    found: dict[str, dict[int, tuple[int, int]]] = {"planned": {}, "before": {}, "limit": {}}
+    for kind, pk, access, unit in rows:
+        found[kind][pk] = (access, unit)
+    return found["planned"], found["before"], found["limit"]
 
 
 def ranks(work_ids: list[int]) -> dict[int, tuple[int | None, int | None]]:

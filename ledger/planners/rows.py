@@ -38,17 +38,24 @@ FEW_VALUED = tuple(
 )
 
 
+_EXPECTED = PlannedRow._fields.index("prev_event_id")
+
+
 def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
     """The rows with the rest of their expected state: latest ledger event, a work's visits."""
     from ledger.state import latest_events, work_members
 
+    work = "completed_work"
     latest = latest_events((r.entity_kind, r.entity_id) for r in rows)
-    members = work_members(r.entity_id for r in rows if r.entity_kind == "completed_work")
+    members = work_members(r.entity_id for r in rows if r.entity_kind == work)
+    latest_work = latest.by_kind.get(work, {}).get
+    latest_visit = latest.by_kind.get("visit", {}).get
+    make = PlannedRow._make  # a tuple each: _replace builds a dict per row
+    head, tail = _EXPECTED, _EXPECTED + 2  # prev_event_id and members sit between them
     return [
-        r._replace(
-            prev_event_id=latest.get(r.entity_kind, r.entity_id),
-            members=members.get(r.entity_id) if r.entity_kind == "completed_work" else None,
-        )
+        make((*r[:head], latest_work(r[1]), members.get(r[1]), *r[tail:]))
+        if r[0] == work
+        else make((*r[:head], latest_visit(r[1]), None, *r[tail:]))
         for r in rows
     ]
 

@@ -24,6 +24,7 @@ from ledger.host import (
 )
 from ledger.models import EntityKind, ExclusionReason
 from ledger.planners.rows import PlannedRow, fetch, table
+from ledger.sql import int_array, text_array
 
 # Visit target → the status its completed work takes with it.
 WORK_STATUS_FOR = {
@@ -48,9 +49,10 @@ def _named_visits(opts: VisitListOptions) -> dict[int, tuple]:
         column, values = "xform_id", sorted(set(opts.xform_ids))
     else:
         column, values = "id", sorted(set(opts.visit_ids or []))
+    array, kind = (text_array, "text") if column == "xform_id" else (int_array, "bigint")
     rows = fetch(
-        f"SELECT v.id, v.{column} FROM {table(UserVisit)} v WHERE v.{column} = ANY(%s)",
-        [values],
+        f"SELECT v.id, v.{column} FROM {table(UserVisit)} v WHERE v.{column} = ANY(%s::{kind}[])",
+        [array(values)],
     )
     found = {key for _, key in rows}
     unknown = [v for v in values if v not in found]
@@ -74,12 +76,7 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
     # The named visits, their works, and every visit of those works, in one statement.
     rows = fetch(
         f"""
-        WITH named AS (SELECT unnest(%(ids)s::bigint[]) AS id),
-        works AS (
-            SELECT DISTINCT v.completed_work_id AS id
-            FROM {table(UserVisit)} v JOIN named n ON n.id = v.id
-            WHERE v.completed_work_id IS NOT NULL
-        )
+        WITH named AS (SELECT unnest(%(ids)s::bigint[]) AS id)
         SELECT v.id, v.completed_work_id, v.opportunity_id,
                COALESCE(w.opportunity_access_id, v.opportunity_access_id),
                v.xform_id, v.status, a.suspended, w.status, (n.id IS NOT NULL),
@@ -89,12 +86,22 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         LEFT JOIN {table(CompletedWork)} w ON w.id = v.completed_work_id
         LEFT JOIN {table(OpportunityAccess)} a
                ON a.id = COALESCE(w.opportunity_access_id, v.opportunity_access_id)
-        WHERE n.id IS NOT NULL OR v.completed_work_id IN (SELECT id FROM works)
+        -- the named visits and every visit of their works, both through an index
+        WHERE v.id = ANY(%(ids)s::bigint[])
+           OR v.completed_work_id = ANY(ARRAY(
+                SELECT DISTINCT completed_work_id FROM {table(UserVisit)}
+                WHERE id = ANY(%(ids)s::bigint[]) AND completed_work_id IS NOT NULL))
         ORDER BY v.completed_work_id NULLS FIRST, v.id
         """,
-        {"ids": list(named)},
+        {"ids": int_array(named)},
     )
 
+    visit, work, excluded_trial, excluded_target = (
+        EntityKind.visit.value,
+        EntityKind.completed_work.value,
+        ExclusionReason.trial.value,
+        ExclusionReason.already_target.value,
+    )
     planned: list[PlannedRow] = []
     missing: dict[int, list[str]] = defaultdict(list)
     works_seen: dict[int, tuple] = {}
@@ -114,15 +121,11 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         paid, invoiced = bool(paid), bool(invoiced)
         if status in NEVER_FLIPPED or status == opts.to_status:
             if is_named:
-                reason = (
-                    ExclusionReason.trial if status in NEVER_FLIPPED
-                    else ExclusionReason.already_target
-                )  # fmt: skip
+                reason = excluded_trial if status in NEVER_FLIPPED else excluded_target
                 planned.append(
                     PlannedRow(
-                        EntityKind.visit.value, visit_id, work_id, opp_id, access_id, xform_id,
-                        status, opts.to_status, reason.value, bool(suspended),
-                        paid=paid, invoiced=invoiced,
+                        visit, visit_id, work_id, opp_id, access_id, xform_id, status,
+                        opts.to_status, reason, bool(suspended), paid=paid, invoiced=invoiced,
                     )
                 )  # fmt: skip
             continue
@@ -131,7 +134,7 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
             continue
         planned.append(
             PlannedRow(
-                EntityKind.visit.value,
+                visit,
                 visit_id,
                 work_id,
                 opp_id,
@@ -160,7 +163,7 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         if work_status != work_to:
             planned.append(
                 PlannedRow(
-                    EntityKind.completed_work.value,
+                    work,
                     work_id,
                     work_id,
                     opp_id,

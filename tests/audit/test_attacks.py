@@ -145,8 +145,8 @@ def test_the_app_role_cannot_rewrite_history_even_with_pgtrigger_ignore(applied,
 
 def test_pgtrigger_ignore_lifts_guards_only_for_the_owner(applied, roles):
     owner, app = roles
-    event = CorrectionEvent.objects.filter(batch_id=applied.batch).first()
     guard = "ledger.CorrectionBatch:ledger_batch_lifecycle_set_once"
+    operator = CorrectionBatch.objects.get(pk=applied.batch).applied_by
     import pgtrigger
 
     _sql(f"SET ROLE {app}")
@@ -164,7 +164,9 @@ def test_pgtrigger_ignore_lifts_guards_only_for_the_owner(applied, roles):
         assert any("applied_by says 'mallory'" in m for m in _problems(report, "lifecycle"))
         transaction.set_rollback(True)
     _sql("RESET ROLE")
-    assert event.pk
+    # The owner's forgery went with its rollback: the record and verify are as before.
+    assert CorrectionBatch.objects.get(pk=applied.batch).applied_by == operator != "mallory"
+    assert _problems(verify.run_checks(["lifecycle"]), "lifecycle") == []
 
 
 def test_a_role_default_for_pgtrigger_ignore_is_reported(applied, roles):

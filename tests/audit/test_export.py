@@ -151,7 +151,7 @@ def test_check_export_command_names_first_bad_line(applied, run, tmp_path):
 
 def test_unreadable_and_garbage_files(db, run, tmp_path):
     missing = run("check-export", str(tmp_path / "nope.jsonl"))
-    assert missing.code != 0 and "cannot read" in missing.err
+    assert missing.code == 3 and "cannot read" in missing.err
     garbage = run("check-export", str(_write(tmp_path, "g.jsonl", "{not json\n")))
     assert garbage.code == 1 and "line 1: not valid JSON" in garbage.err
 

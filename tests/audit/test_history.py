@@ -157,7 +157,7 @@ def test_history_of_an_uncorrected_visit_is_empty(applied, run):
 def test_bad_input_is_one_line_on_stderr(db, run, args, message):
     before = (CorrectionBatch.objects.count(), CorrectionEvent.objects.count())
     result = run(*args)
-    assert result.code != 0
+    assert result.code == 3  # bad input
     assert result.out == ""
     assert (CorrectionBatch.objects.count(), CorrectionEvent.objects.count()) == before
     lines = result.err.strip().splitlines()
@@ -166,7 +166,7 @@ def test_bad_input_is_one_line_on_stderr(db, run, args, message):
 
 def test_bad_as_of_time(applied, run):
     result = run("history", "--batch", applied.batch, "--as-of", "2026-13-45")
-    assert result.code != 0 and result.out == ""
+    assert result.code == 3 and result.out == ""
     assert result.err.strip().splitlines() == [
         "corrections: --as-of: '2026-13-45' is not an ISO-8601 time (e.g. 2026-05-01T12:00:00Z)"
     ]

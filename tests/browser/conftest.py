@@ -5,8 +5,8 @@ The server is Django's live-server thread with *no* static-files handler of its 
 does in the standalone project: through WhiteNoise. Each test runs on a transactional database
 the server thread can see; screenshots go to ``build/screenshots/`` for review.
 
-Tests skip, saying why, when chromium, chromedriver or selenium is missing (``.ci/run``
-installs them where missing: ``apt-get install chromium chromium-driver``).
+Tests skip, saying why, when chromium, chromedriver or selenium is missing — an error in CI
+(``LEDGER_CI``), where ``.ci/run`` installs them: ``apt-get install chromium chromium-driver``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.pytest_skips import skip_unprovided
 
 CHROMIUM = os.environ.get("LEDGER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LEDGER_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -55,7 +57,7 @@ def chromium() -> Iterator:
     """One headless chromium for the session, with a fresh profile."""
     why = _missing()
     if why:
-        pytest.skip(f"browser tests need Debian's chromium: {why}")
+        skip_unprovided("Debian's chromium and chromedriver", why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

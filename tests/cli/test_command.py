@@ -58,7 +58,7 @@ def test_shell_exit_codes_and_traceback(db):
     usage = _manage("show")
     assert usage.returncode == 2 and len(usage.stderr.splitlines()) == 1
     traced = _manage("show", "--batch", missing, "--traceback")
-    assert traced.returncode != 0 and "Traceback" in traced.stderr
+    assert traced.returncode == 1 and "Traceback" in traced.stderr  # Python's, uncaught
     assert "NotFound" in traced.stderr and "CorrectionsError" in traced.stderr
 
 
@@ -205,11 +205,10 @@ def test_ids_from_stdin(world):
         "plan", "visits", "--visit-ids", "-", "--expand", "--reason", "from stdin", "--json",
         stdin=f"# one visit\n{world.visit}\n".encode(),
     )  # fmt: skip
-    assert result.code in (0, 3), result.err
-    if result.code == 0:
-        assert result.json["scope"]["visit_ids"] == 1
-    else:  # the host's recompute would not keep it: refused, nothing written
-        assert fingerprint() == before
+    assert result.code == 0, result.err
+    assert result.json["scope"]["visit_ids"] == 1
+    assert result.json["totals"]["works"] == 1 and result.json["batch"]
+    assert fingerprint() != before  # planned: a batch was written
 
 
 # -- pipes and special files ----------------------------------------------------------------------
@@ -246,3 +245,31 @@ def test_a_fifo_is_refused_without_waiting(db, tmp_path):
             f"corrections: {'export' if args[0] == 'check-export' else 'visit id'} file "
             f"{fifo} is not a regular file"
         ]
+
+
+# -- pricing: the projection by default, the host's own code with --exact ---------------------
+
+
+def _money(plan: dict) -> list[tuple]:
+    return [
+        (a["access_id"], a["accrual_now"], a["projected_accrual"], a["worker_accrual_change"],
+         a["worker_accrual_change_usd"], a["org_accrual_change"], a["org_accrual_change_usd"])
+        for a in plan["accesses"]
+    ]  # fmt: skip
+
+
+def test_plan_exact_prices_with_the_hosts_code_and_agrees(world):
+    args = ("plan", "over-cap", "--opportunity", world.opp_b, "--reason", "r", "--json")
+    projected = run_limited(*args)
+    exact = run_limited(*args, "--exact")
+    assert projected.code == exact.code == 0, projected.err + exact.err
+    assert projected.json["pricing"] == "projection" and exact.json["pricing"] == "exact"
+    assert _money(projected.json) and _money(projected.json) == _money(exact.json)
+    table = run_limited(*args[:-1], "--exact")
+    assert "Priced by the host's own recompute" in table.out
+
+
+def test_exact_is_refused_with_all():
+    result = run_limited("plan", "over-cap", "--all", "--exact")
+    assert result.code == 3
+    assert "drop --exact" in result.err

@@ -20,9 +20,10 @@ def _valid(name: str, value) -> None:
     jsonschema.validate(value, output_schema(name))
 
 
-def _json(*args: str):
+def _json(*args: str, code: int = 0):
+    """The one JSON object a command prints, having exited with ``code`` (1: findings)."""
     result = run_limited(*args)
-    assert result.code in (0, 1), result.err
+    assert result.code == code, result.err
     lines = result.out.splitlines()
     assert len(lines) == 1, result.out[:500]
     return json.loads(lines[0])
@@ -78,8 +79,8 @@ def test_every_json_output_validates(world, tmp_path, settings):
         "plan", "visits", "--visit-ids", str(ids), "--expand", "--to", "rejected", "--reason",
         "r", "--json",
     )  # fmt: skip
-    if visits.code == 0:
-        check("plan", json.loads(visits.out))
+    assert visits.code == 0, visits.err
+    check("plan", json.loads(visits.out))
 
     # reads
     check("batches", _json("batches", "--json"))
@@ -91,7 +92,8 @@ def test_every_json_output_validates(world, tmp_path, settings):
         "history",
         _json("history", "--batch", plan["batch"], "--as-of", "2030-01-01", "--json"),
     )
-    verified = _json("verify", "--json")
+    # The world's visit flipped outside the ledger breaks continuity: a finding.
+    verified = _json("verify", "--json", code=1)
     check("verify", verified)
     settings.LEDGER_ANCHOR_KEY = "k" * 64
     check("anchor", _json("anchor", "--json"))
@@ -104,7 +106,7 @@ def test_every_json_output_validates(world, tmp_path, settings):
     path.write_text(exported.out)
     check("check-export", _json("check-export", str(path), "--json"))
     path.write_text("\n".join(exported.out.splitlines()[1:]) + "\n")  # a line dropped
-    check("check-export", _json("check-export", str(path), "--json"))
+    check("check-export", _json("check-export", str(path), "--json"))  # a later start: valid
 
     # failures
     failed = run_limited("apply", "--batch", plan["batch"], "--json")

@@ -1,8 +1,9 @@
 """Access to the real host's code, for tests that compare this stand-in with it.
 
 ``HOST_CHECKOUT`` (default ``/work/host``) names a checkout of dimagi/commcare-connect; a test
-asking for ``host_module`` is skipped when it is not there. A host module loaded this way runs
-against this stand-in's models, which carry the same names and fields.
+that needs it is skipped when it is not there (``make host-test HOST=<checkout>`` runs them).
+A host module loaded this way runs against this stand-in's models, which carry the same names
+and fields.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-HOST_CHECKOUT = Path(os.environ.get("HOST_CHECKOUT", "/work/host"))
+from tests.pytest_skips import skip_without_host_checkout
+
+HOST_CHECKOUT = Path(os.environ.get("HOST_CHECKOUT") or "/work/host")
 
 
 def load_host_module(relative_path: str):
@@ -33,5 +36,5 @@ def host_completed_work():
     """The host's ``opportunity/utils/completed_work.py`` (skips without a checkout)."""
     module = load_host_module("commcare_connect/opportunity/utils/completed_work.py")
     if module is None:
-        pytest.skip(f"no host checkout at {HOST_CHECKOUT}")
+        skip_without_host_checkout(HOST_CHECKOUT)
     return module

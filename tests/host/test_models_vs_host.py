@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.host.conftest import HOST_CHECKOUT
+from tests.pytest_skips import skip_without_host_checkout
 
 STAND_IN = Path(__file__).resolve().parents[2]
 
@@ -109,7 +110,7 @@ def _declarations(path: Path, names: list[str]) -> dict[str, dict[str, str]]:
 def test_declarations_match_the_host(relative):
     host_file = HOST_CHECKOUT / relative
     if not host_file.exists():
-        pytest.skip(f"no host checkout at {HOST_CHECKOUT}")
+        skip_without_host_checkout(HOST_CHECKOUT)
     names = MIRRORED[relative]
     host = _declarations(host_file, names)
     ours = _declarations(STAND_IN / relative, names)
@@ -133,7 +134,7 @@ def test_declarations_match_the_host(relative):
 def test_the_lists_of_differences_are_still_needed():
     """An entry of LEFT_OUT or DIFFERENT that no longer differs should be dropped."""
     if not (HOST_CHECKOUT / "commcare_connect/opportunity/models.py").exists():
-        pytest.skip(f"no host checkout at {HOST_CHECKOUT}")
+        skip_without_host_checkout(HOST_CHECKOUT)
     host, ours = {}, {}
     for relative, names in MIRRORED.items():
         host.update(_declarations(HOST_CHECKOUT / relative, names))

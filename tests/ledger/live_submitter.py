@@ -4,6 +4,9 @@ Run by tests/ledger/test_live_traffic.py in several processes at once::
 
     DATABASE_NAME=test_… python -m tests.ledger.live_submitter STOP_FILE SEED ACCESS_ID… --form ID
 
+With ``REDIS_URL`` set the host's accrual lock is its Redis lock (as in production), otherwise
+a PostgreSQL advisory lock.
+
 Submits forms through the host's processor (one transaction each, as under ATOMIC_REQUESTS)
 until STOP_FILE exists, then prints one JSON line: submissions, failures, deadlocks and the
 first few failures' messages.
@@ -28,6 +31,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--form", type=int, required=True)
     parser.add_argument("--cap", type=int, required=True)
     parser.add_argument("--works", type=int, required=True)
+    parser.add_argument(
+        "--new-only", action="store_true", help="Only new entities (no repeat of a planned work)."
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "commcare_connect.settings")
@@ -47,7 +53,7 @@ def main(argv: list[str]) -> int:
     while not os.path.exists(args.stop_file):
         access = rng.choice(accesses)
         n += 1
-        if rng.random() < 0.5:
+        if args.new_only or rng.random() < 0.5:
             entity = f"live-{args.seed}-{access.pk}-{n}"
         else:  # a repeat visit to a work past the cap, one the batch flips
             entity = f"e-{access.pk}-{rng.randrange(args.cap, args.works)}"

@@ -22,14 +22,14 @@ def test_outside_change_between_apply_and_undo_refuses_undo(incident, run):
 
     counts = ledger_counts()
     result = run("undo", "--batch", batch, "--reason", "oops")
-    assert result.code != 0
+    assert result.code == 5
     assert "2 entities are no longer as the batch expects" in result.err  # the visit and its work
     assert ledger_counts() == counts
     assert CorrectionBatch.objects.get(pk=batch).state == "applied"
     assert CompletedWork.objects.get(pk=work_id).status == "over_limit"
 
     as_json = run("undo", "--batch", batch, "--reason", "oops", "--json")
-    assert as_json.code != 0
+    assert as_json.code == 5
     assert f"visit {visit.pk}" in as_json.err or str(visit.pk) in as_json.err
 
 
@@ -38,7 +38,7 @@ def test_conflicts_are_named_entity_by_entity(incident, run):
     work_id = incident.over_cap_work_ids["w2"]
     CompletedWork.objects.filter(pk=work_id).update(status="rejected")
     result = run("apply", "--batch", batch)
-    assert result.code != 0
+    assert result.code == 5
     assert f"completed_work {work_id}: status expected approved, found rejected" in result.err
 
 

@@ -136,7 +136,7 @@ def test_batch_state_machine_is_enforced_by_the_database(incident, run):
     assert run("discard", "--batch", batch).code == 0
     with pytest.raises(DatabaseError), transaction.atomic():
         CorrectionBatch.objects.filter(pk=batch).update(state="applied")
-    assert run("apply", "--batch", batch).code != 0
+    assert run("apply", "--batch", batch).code == 4  # wrong state: discarded
 
 
 def test_an_event_is_inverted_at_most_once_by_constraint(incident, run):
@@ -147,7 +147,7 @@ def test_an_event_is_inverted_at_most_once_by_constraint(incident, run):
     run("apply", "--batch", batch)
     assert run("undo", "--batch", batch, "--reason", "y").code == 0
     again = run("undo", "--batch", batch, "--reason", "again")
-    assert again.code != 0 and "only an applied batch can be undone" in again.err
+    assert again.code == 4 and "only an applied batch can be undone" in again.err
     inverse = CorrectionEvent.objects.filter(inverts__batch_id=batch).first()
     twin = {
         f.attname: getattr(inverse, f.attname)

@@ -16,7 +16,7 @@ from commcare_connect.opportunity.models import (
 )
 from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
-from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
+from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, PlannedChange
 
 from .conftest import ledger_counts
 
@@ -69,7 +69,7 @@ def test_undo_of_an_older_batch_is_refused_while_a_newer_one_owns_the_entity(cap
 
     counts = ledger_counts()
     refused = run("undo", "--batch", first, "--reason", "older batch")
-    assert refused.code != 0
+    assert refused.code == 5
     assert "latest ledger event" in refused.err
     assert f"batch {third} owns its current state" in refused.err
     assert ledger_counts() == counts
@@ -100,7 +100,7 @@ def test_a_visit_moved_to_another_work_is_a_conflict(capped, run, tmp_path):
 
     counts = ledger_counts()
     result = run("apply", "--batch", plan["batch"])
-    assert result.code != 0
+    assert result.code == 5
     assert (
         f"visit {moved}: completed work expected {works[0].pk}, found {works[1].pk}" in result.err
     )
@@ -121,13 +121,16 @@ def test_a_visit_landing_on_a_planned_work_is_a_conflict(host, capped, run):
     plan = run(
         "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "cap", "--json"
     ).json
-    planned = {works[2].pk, works[3].pk}
+    planned = PlannedChange.objects.filter(
+        batch_id=plan["batch"], entity_kind="completed_work", excluded=""
+    ).values_list("entity_id", flat=True)
+    assert set(planned) == {works[2].pk, works[3].pk}
     assert {a["works"] for a in plan["accesses"]} == {2}
     # A live submission adds an approved visit to one of the planned works.
     late = host.visit(works[3], unit.required[0])
 
     result = run("apply", "--batch", plan["batch"])
-    assert result.code != 0
+    assert result.code == 5
     assert f"completed_work {works[3].pk}: visits held expected" in result.err
 
     applied = run("apply", "--batch", plan["batch"], "--skip-conflicts", "--json")
@@ -136,7 +139,12 @@ def test_a_visit_landing_on_a_planned_work_is_a_conflict(host, capped, run):
     assert CompletedWork.objects.get(pk=works[2].pk).status == "over_limit"
     assert CompletedWork.objects.get(pk=works[3].pk).status == "approved"
     assert UserVisit.objects.get(pk=late.pk).status == "approved"
-    assert planned
+    flipped = set(
+        CorrectionEvent.objects.filter(
+            batch_id=plan["batch"], entity_kind="completed_work"
+        ).values_list("entity_id", flat=True)
+    )
+    assert flipped == {works[2].pk}  # of the two planned works, the one that still held
     assert run("verify").code == 0
     testing.assert_events_match_state()
 
@@ -181,7 +189,7 @@ def test_a_stale_over_cap_plan_is_refused(capped, run, tmp_path):
 
     counts = ledger_counts()
     result = run("apply", "--batch", plan["batch"])
-    assert result.code != 0
+    assert result.code == 4
     assert "stale" in result.err and str(works[2].pk) in result.err
     assert ledger_counts() == counts
     live = CompletedWork.objects.filter(opportunity_access=access).exclude(status="over_limit")

@@ -89,13 +89,17 @@ def test_human_plan_names_batch_and_totals(incident, run):
 def test_apply_twice_and_undo_twice_are_refused(incident, run):
     opp = str(incident.opportunity_a.opportunity_id)
     batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
-    assert run("undo", "--batch", batch, "--reason", "too early").code != 0
+    counts = ledger_counts()
+    early = run("undo", "--batch", batch, "--reason", "too early")
+    assert early.code == 4 and "only an applied batch can be undone" in early.err
+    assert ledger_counts() == counts
     assert run("apply", "--batch", batch).code == 0
     counts = ledger_counts()
     second = run("apply", "--batch", batch)
-    assert second.code != 0 and "only a planned batch" in second.err
+    assert second.code == 4 and "only a planned batch" in second.err
+    assert ledger_counts() == counts
     assert run("undo", "--batch", batch, "--reason", "ok").code == 0
     counts = ledger_counts()
     twice = run("undo", "--batch", batch, "--reason", "again")
-    assert twice.code != 0 and "undone" in twice.err
+    assert twice.code == 4 and "undone" in twice.err
     assert ledger_counts() == counts

@@ -129,7 +129,7 @@ def test_apply_inside_a_callers_transaction_is_refused_with_redis_locks(host, ru
     settings.LEDGER_ACCESS_LOCK = "ledger.locks.redis_access_lock"
     counts = ledger_counts()
     result = run("apply", "--batch", batch)
-    assert result.code != 0
+    assert result.code == 3
     assert "cannot run inside the caller's transaction" in result.err
     assert ledger_counts() == counts
     assert CorrectionBatch.objects.get(pk=batch).state == "planned"

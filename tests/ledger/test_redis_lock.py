@@ -12,10 +12,12 @@ import threading
 import time
 
 import pytest
+from django.db import DatabaseError, connection
 
-from commcare_connect.opportunity.models import CompletedWork
+from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import locks
+from ledger.models import CorrectionBatch
 
 from .conftest import ledger_counts
 
@@ -82,7 +84,7 @@ def test_a_refused_apply_frees_the_locks_at_once(host, run, redis_ledger):
     CompletedWork.objects.filter(pk=work.pk).update(status="rejected")  # a conflict
     counts = ledger_counts()
     result = run("apply", "--batch", batch)
-    assert result.code != 0
+    assert result.code == 5  # conflict
     assert ledger_counts() == counts
     assert _free(redis_ledger, access.pk)  # not left to expire after 15 minutes
 
@@ -117,8 +119,49 @@ def test_a_lock_held_too_long_makes_apply_give_up_having_written_nothing(
     try:
         counts = ledger_counts()
         result = run("apply", "--batch", batch)
-        assert result.code != 0
+        assert result.code == 6  # busy
         assert "gave up" in result.err and "nothing was written" in result.err
         assert ledger_counts() == counts
     finally:
         held.release()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_mid_projection_frees_the_locks_and_writes_nothing(
+    host, run, redis_ledger
+):
+    """A statement that fails inside the projection (here: the database refusing the visits'
+    update, after the works were written) rolls the projection back and frees the Redis lock
+    at once — it is not left to expire after 15 minutes."""
+    opp, access = _capped(host)
+    batch = _plan(run, opp)
+    before = dict(
+        CompletedWork.objects.filter(opportunity_access=access).values_list("pk", "status")
+    )
+    counts = ledger_counts()
+    visits = UserVisit._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse_over_limit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'simulated failure mid-projection'; END; $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER test_refuse_over_limit BEFORE UPDATE ON {visits} FOR EACH ROW "
+            "WHEN (NEW.status = 'over_limit') EXECUTE FUNCTION test_refuse_over_limit()"
+        )
+    try:
+        with pytest.raises(DatabaseError, match="simulated failure mid-projection"):
+            run("apply", "--batch", batch)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER test_refuse_over_limit ON {visits}")
+            cursor.execute("DROP FUNCTION test_refuse_over_limit()")
+    assert _free(redis_ledger, access.pk)
+    assert ledger_counts() == counts
+    assert CorrectionBatch.objects.get(pk=batch).state == "planned"
+    assert (
+        dict(CompletedWork.objects.filter(opportunity_access=access).values_list("pk", "status"))
+        == before
+    )
+    # The same apply goes through once the database accepts the writes again.
+    assert run("apply", "--batch", batch).code == 0

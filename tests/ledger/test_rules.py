@@ -116,7 +116,7 @@ class TestVisitList:
         listing.write_text(xforms[0] + "\n")
         counts = ledger_counts()
         result = run("plan", "visits", "--xform-ids", str(listing), "--reason", "x")
-        assert result.code != 0
+        assert result.code == 3
         assert f"work {work_id} lacks {xforms[1]}" in result.err
         assert len(result.err.strip().splitlines()) == 1
         assert ledger_counts() == counts
@@ -141,6 +141,6 @@ class TestVisitList:
         listing.write_text("\n".join([*xforms, "no-such-form-1", "no-such-form-2"]))
         counts = ledger_counts()
         result = run("plan", "visits", "--xform-ids", str(listing), "--reason", "x")
-        assert result.code != 0
+        assert result.code == 3
         assert "unknown xform ids: no-such-form-1, no-such-form-2" in result.err
         assert ledger_counts() == counts
