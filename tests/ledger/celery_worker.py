@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+from tests.pytest_skips import skip_unprovided
 
 ROOT = Path(__file__).resolve().parents[2]
 VISIBILITY_TIMEOUT = 5  # seconds before a message a dead worker held is delivered again
@@ -32,11 +32,15 @@ def _free_port() -> int:
 
 
 def start_broker(folder: Path):
-    """A private redis-server; returns (process, url). Skips the test when there is none."""
-    pytest.importorskip("celery")
+    """A private redis-server; returns (process, url). Skips the test when there is none (an
+    error in CI, which installs it)."""
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        skip_unprovided("celery", "not installed (requirements/standalone.txt)")
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("no redis-server")
+        skip_unprovided("redis-server", "not on PATH (apt-get install redis-server)")
     port = _free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -55,7 +59,7 @@ def start_broker(folder: Path):
             time.sleep(0.05)
     else:
         process.terminate()
-        pytest.skip("redis-server did not start")
+        skip_unprovided("redis-server", f"{server} did not answer on port {port}")
     return process, f"redis://127.0.0.1:{port}/0"
 
 
