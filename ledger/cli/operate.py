@@ -408,7 +408,8 @@ def _finish(report: RunReport, options: dict, out: Output) -> None:
         from ledger.cli.waiting import RecomputeBar
 
         out.note(
-            f"waiting for {report.queued_recomputes} queued recomputes of batch {report.batch}"
+            f"waiting for {report.queued_recomputes} queued recomputes of batch "
+            f"{out.short(report.batch)}"
         )
         out.progress.clear()
         bar = RecomputeBar(out)

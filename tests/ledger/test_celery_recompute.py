@@ -167,6 +167,37 @@ def test_apply_and_undo_wait_for_the_workers(make_capped_access, celery_mode, st
     assert sum(r["done"] for r in _task_results(worker)) == 8
 
 
+def test_a_one_step_undo_waits_for_its_recomputes(
+    make_capped_access, celery_mode, start_worker, run
+):
+    accesses = [make_capped_access(works=3, cap=1) for _ in range(2)]
+    batch = _planned(accesses)
+    start_worker()
+    assert run("apply", "--batch", batch, "--wait").code == 0
+    undone = run("undo", "--batch", batch, "--reason", "rehearse", "--wait", "--json")
+    assert undone.code == 0, undone.err
+    report = json.loads(undone.out)
+    assert report["action"] == "undo" and report["recompute"] == "queued"
+    assert [a["state"] for a in report["accesses"]] == ["done", "done"]
+    assert all(a["matches"] for a in report["accesses"]) and not report["findings"]
+    testing.assert_batch_reverted(batch)
+
+
+def test_recompute_pending_queues_again_what_the_broker_lost(
+    make_capped_access, celery_mode, start_worker, queue
+):
+    from ledger import tasks
+
+    access = make_capped_access(works=3, cap=1)
+    batch = _planned([access])
+    services.apply_batch(batch)  # queued, no worker yet
+    queue.flushdb()  # the broker loses its messages
+    start_worker()
+    tasks.recompute_pending.apply_async(args=[batch])
+    wait_until(lambda: _all_done(batch), what="the lost recompute queued again and done")
+    _assert_as_projected(batch)
+
+
 def test_without_wait_a_queued_recompute_exits_0_and_show_follows_it(
     make_capped_access, celery_mode, start_worker, run
 ):

@@ -110,3 +110,14 @@ def test_a_queue_that_cannot_be_reached_leaves_the_apply_committed(make_capped_a
     assert services.recompute(batch).done == 1
     row.refresh_from_db()
     assert row.state == "done" and row.accrual_after == row.projected_after
+
+
+def test_wait_changes_nothing_where_recomputes_run_inline(make_capped_access, run):
+    access = make_capped_access(works=3, cap=1)
+    batch = services.plan_over_cap([str(access.opportunity.opportunity_id)], reason="x").batch
+    applied = run("apply", "--batch", batch, "--wait", "--json")
+    assert applied.code == 0, applied.err
+    report = json.loads(applied.out)
+    assert report["recompute"] == "inline" and report["queued_recomputes"] == 0
+    assert [a["state"] for a in report["accesses"]] == ["done"]
+    assert "recomputes [" not in applied.err  # no progress bar: nothing was queued
