@@ -20,13 +20,15 @@ from collections.abc import Iterator
 
 from django.db import connection, transaction
 
-from ledger import chain
+from ledger import chain, entries
 from ledger.models import BatchState, CorrectionBatch, CorrectionEvent, PlannedChange, Planner
+from ledger.people import Actor
 from ledger.planners.rows import PlannedRow, plan_digest
-from ledger.sql import insert_rows
+from ledger.sql import db_now, insert_rows
 
 HISTORY_REASON = "Synthetic history for the benchmarks"
 HISTORY_OPERATOR = "benchmarks"
+HISTORY_REVIEWER = "benchmarks-review"
 HISTORY_START = datetime.datetime(2026, 5, 1, tzinfo=datetime.UTC)
 HISTORY_WORKS_PER_BATCH = 10_000
 
@@ -227,15 +229,87 @@ def _raw(cursor):
     return raw
 
 
-# The synthetic history is written in the first hash format, as a ledger that has been in use
-# since before format 2 would hold it (format 1 is the column's default).
-_COLUMNS = ("id",) + chain.CONTENT_FIELDS_V1 + ("prev_hash", "hash")
+# The synthetic history is written as the ledger writes it today (hash format 3, the id
+# hashed), each batch with its lifecycle entries, so verify holds it to every rule.
+_COLUMNS = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
+
+
+def _people() -> tuple[Actor, Actor]:
+    """The history's operator and its reviewer (a second person approves each batch)."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    found = []
+    for name in (HISTORY_OPERATOR, HISTORY_REVIEWER):
+        user = User.objects.filter(username=name).first()
+        if user is None:
+            user = User.objects.create_superuser(username=name, email=None, password=None)
+        found.append(Actor(username=name, user_id=user.pk))
+    return found[0], found[1]
+
+
+def _approve(batch: CorrectionBatch, reviewer: Actor) -> None:
+    batch.approved_by, batch.approved_at = reviewer.username, db_now()
+    batch.save(update_fields=["approved_by", "approved_at"])
+    entries.record(batch, "approve", reviewer, {"plan_digest": batch.plan_digest},
+                   at=batch.approved_at)  # fmt: skip
+
+
+def _applied(batch: CorrectionBatch, operator: Actor, at, events: int, last: tuple) -> None:
+    batch.state, batch.applied_by, batch.applied_at = BatchState.applied, operator.username, at
+    batch.save(update_fields=["state", "applied_by", "applied_at"])
+    entries.record(
+        batch, "apply", operator,
+        {"events": events, "last_event_id": last[0], "last_event_hash": last[1], "skipped": 0,
+         "skipped_sha256": entries.digest([])},
+        at=at,
+    )  # fmt: skip
+
+
+def _write_events(events: list[dict], prev: str, next_id: int) -> tuple[str, int]:
+    with (
+        connection.cursor() as cursor,
+        _raw(cursor).copy(
+            f"COPY {CorrectionEvent._meta.db_table} ({', '.join(_COLUMNS)}) FROM STDIN"
+        ) as copy,
+    ):
+        for event in events:
+            event.update(id=next_id, prev_hash=prev, hash_format=chain.CURRENT_FORMAT)
+            event["hash"] = prev = chain.event_hash(prev, event)
+            copy.write_row([event[c] for c in _COLUMNS])
+            next_id += 1
+    return prev, next_id
+
+
+def _recomputes(batch: CorrectionBatch, at, access_ids: list[int]) -> None:
+    """One recompute row per access, pending then done, as the recompute leaves them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO ledger_accrualrecompute
+                   (batch_id, access_id, opportunity_id, state, accrual_before, projected_after,
+                    created_at)
+               SELECT %s, a.id, a.opportunity_id, 'pending', a.payment_accrued,
+                      a.payment_accrued, %s
+               FROM opportunity_opportunityaccess a WHERE a.id = ANY(%s) ORDER BY a.id""",
+            [batch.pk, at, access_ids],
+        )
+        cursor.execute(
+            """UPDATE ledger_accrualrecompute
+               SET state = 'done', accrual_after = accrual_before, done_at = %s
+               WHERE batch_id = %s""",
+            [at, batch.pk],
+        )
 
 
 def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_BATCH) -> dict:
-    """Append about ``target_events`` chained events (apply and undo pairs) with COPY."""
+    """Append about ``target_events`` chained events (apply and undo pairs) with COPY.
+
+    The ledger's last event must precede :data:`HISTORY_START` (the database refuses events
+    recorded before the one they follow): write the history into a fresh ledger.
+    """
     if target_events <= 0:
         return {"events": 0, "batches": 0}
+    operator, reviewer = _people()
     written = batches = 0
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT COALESCE(max(id), 0) FROM {CorrectionEvent._meta.db_table}")
@@ -253,11 +327,13 @@ def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_B
             PlannedRow(k, e, w, o, a, x, s, "over_limit", "", False)
             for k, e, w, o, a, x, s, _ in group
         )
+        accesses = sorted({g[4] for g in group})
         with transaction.atomic():
-            # Planned, its changes stored, then applied and undone — the path a real batch takes.
+            # Planned, approved, applied, then undone by an undo batch planned, approved and
+            # applied in turn — the path a real batch takes, with its lifecycle entries.
             original = CorrectionBatch.objects.create(
                 id=uuid.uuid4(), planner=Planner.visit_list, reason=HISTORY_REASON,
-                planned_by=HISTORY_OPERATOR, plan_digest=digest, scope={"synthetic": True},
+                planned_by=operator.username, plan_digest=digest, scope={"synthetic": True},
             )  # fmt: skip
             insert_rows(
                 PlannedChange,
@@ -265,68 +341,58 @@ def write_history(target_events: int, works_per_batch: int = HISTORY_WORKS_PER_B
                 ((original.pk, *PlannedRow(k, e, w, o, a, x, st, "over_limit", "", False))
                  for k, e, w, o, a, x, st, _ in group),
             )  # fmt: skip
-            CorrectionBatch.objects.filter(pk=original.pk).update(
-                state=BatchState.applied, applied_by=HISTORY_OPERATOR, applied_at=applied_at
-            )
-            CorrectionBatch.objects.filter(pk=original.pk).update(
-                state=BatchState.undone, undone_at=undone_at
-            )
-            undo = CorrectionBatch.objects.create(
-                id=uuid.uuid4(), planner=Planner.undo, state=BatchState.applied,
-                reason=HISTORY_REASON, planned_by=HISTORY_OPERATOR, applied_by=HISTORY_OPERATOR,
-                plan_digest=digest, scope={"reverts": str(original.pk)}, reverts=original,
-                applied_at=undone_at,
-            )  # fmt: skip
+            entries.record(original, "plan", operator, entries.plan_details(original))
+            _approve(original, reviewer)
             first_id = next_id
-            with (
-                connection.cursor() as cursor,
-                _raw(cursor).copy(
-                    f"COPY {CorrectionEvent._meta.db_table} ({', '.join(_COLUMNS)}) FROM STDIN"
-                ) as copy,
-            ):
-                for kind, entity, work, opp, access, xform, status, modified in group:
-                    event = {
-                        "batch_id": str(original.pk), "entity_kind": kind, "entity_id": entity,
-                        "completed_work_id": work, "opportunity_id": opp, "access_id": access,
-                        "xform_id": xform, "from_status": status, "to_status": "over_limit",
-                        "reason": HISTORY_REASON, "inverts_id": None,
-                        "prior_status_modified_date": modified,
-                        "new_status_modified_date": applied_at, "recorded_at": applied_at,
-                    }  # fmt: skip
-                    event["id"] = next_id
-                    event["prev_hash"] = prev
-                    event["hash"] = prev = chain.event_hash(prev, event)
-                    copy.write_row([event[c] for c in _COLUMNS])
-                    next_id += 1
-                # The undo inverts the original's events newest first, as undo_batch does.
-                for offset, (kind, entity, work, opp, access, xform, status, modified) in zip(
-                    range(len(group) - 1, -1, -1), reversed(group), strict=True
-                ):
-                    event = {
-                        "batch_id": str(undo.pk), "entity_kind": kind, "entity_id": entity,
-                        "completed_work_id": work, "opportunity_id": opp, "access_id": access,
-                        "xform_id": xform, "from_status": "over_limit", "to_status": status,
-                        "reason": HISTORY_REASON, "inverts_id": first_id + offset,
-                        "prior_status_modified_date": applied_at,
-                        "new_status_modified_date": modified, "recorded_at": undone_at,
-                    }  # fmt: skip
-                    event["id"] = next_id
-                    event["prev_hash"] = prev
-                    event["hash"] = prev = chain.event_hash(prev, event)
-                    copy.write_row([event[c] for c in _COLUMNS])
-                    next_id += 1
-            with connection.cursor() as cursor:
-                for batch, at in ((original, applied_at), (undo, undone_at)):
-                    cursor.execute(
-                        """INSERT INTO ledger_accrualrecompute
-                               (batch_id, access_id, opportunity_id, state, accrual_before,
-                                accrual_after, projected_after, created_at, done_at)
-                           SELECT %s, a.id, a.opportunity_id, 'done', a.payment_accrued,
-                                  a.payment_accrued, a.payment_accrued, %s, %s
-                           FROM opportunity_opportunityaccess a
-                           WHERE a.id = ANY(%s) ORDER BY a.id""",
-                        [batch.pk, at, at, sorted({g[4] for g in group})],
-                    )
+            prev, next_id = _write_events(
+                [
+                    {"batch_id": str(original.pk), "entity_kind": kind, "entity_id": entity,
+                     "completed_work_id": work, "opportunity_id": opp, "access_id": access,
+                     "xform_id": xform, "from_status": status, "to_status": "over_limit",
+                     "reason": HISTORY_REASON, "inverts_id": None,
+                     "prior_status_modified_date": modified,
+                     "new_status_modified_date": applied_at, "recorded_at": applied_at,
+                     "prev_event_id": None, "members": None}
+                    for kind, entity, work, opp, access, xform, status, modified in group
+                ],
+                prev,
+                next_id,
+            )  # fmt: skip
+            _applied(original, operator, applied_at, len(group), (next_id - 1, prev))
+            _recomputes(original, applied_at, accesses)
+            undo = CorrectionBatch.objects.create(
+                id=uuid.uuid4(), planner=Planner.undo, reason=HISTORY_REASON,
+                planned_by=operator.username, plan_digest=digest,
+                scope={"reverts": str(original.pk)}, reverts=original,
+            )  # fmt: skip
+            entries.record(undo, "plan", operator, entries.plan_details(undo))
+            _approve(undo, reviewer)
+            # The undo inverts the original's events newest first, as undo_batch does; each
+            # names the event it inverts as its entity's previous one.
+            prev, next_id = _write_events(
+                [
+                    {"batch_id": str(undo.pk), "entity_kind": kind, "entity_id": entity,
+                     "completed_work_id": work, "opportunity_id": opp, "access_id": access,
+                     "xform_id": xform, "from_status": "over_limit", "to_status": status,
+                     "reason": HISTORY_REASON, "inverts_id": first_id + offset,
+                     "prior_status_modified_date": applied_at,
+                     "new_status_modified_date": modified, "recorded_at": undone_at,
+                     "prev_event_id": first_id + offset, "members": None}
+                    for offset, (kind, entity, work, opp, access, xform, status, modified)
+                    in zip(range(len(group) - 1, -1, -1), reversed(group), strict=True)
+                ],
+                prev,
+                next_id,
+            )  # fmt: skip
+            _applied(undo, operator, undone_at, len(group), (next_id - 1, prev))
+            _recomputes(undo, undone_at, accesses)
+            original.state, original.undone_at = BatchState.undone, undone_at
+            original.save(update_fields=["state", "undone_at"])
+            entries.record(
+                original, "undo", operator,
+                {"by_batch": str(undo.pk), "events": len(group), "state": BatchState.undone},
+                at=undone_at,
+            )  # fmt: skip
         written += 2 * len(group)
         batches += 2
         if written >= target_events:

@@ -8,17 +8,22 @@ holds the two to the same bytes.
 
 Each event records the ``hash_format`` its hash covers:
 
-* **Format 2** (every event written now): the UTF-8 bytes of ``ledger-event/2``, then the
-  previous hash and each field of :data:`CONTENT_FIELDS_V2` in order, each written as ``-``
-  when NULL or empty (CSV cannot tell the two apart) or as ``<byte length>:<value>``
-  otherwise, the length counted in UTF-8 bytes. Length prefixes make the encoding unambiguous:
-  no value, whatever characters it holds, can shift bytes into its neighbour.
-* **Format 1** (events written before format 2 existed, kept verifiable): the previous hash,
-  U+001E, then the fields of :data:`CONTENT_FIELDS_V1` joined by U+001F, NULL as the empty
-  string. A reason containing U+001F could make two events share a hash, which is why new
-  events use format 2.
+* **Format 3** (every event written now): the UTF-8 bytes of ``ledger-event/3``, then the
+  previous hash and each field of :data:`CONTENT_FIELDS_V3` in order — the event's own ``id``
+  first — each written as ``-`` when NULL or empty (CSV cannot tell the two apart) or as
+  ``<byte length>:<value>`` otherwise, the length counted in UTF-8 bytes. Length prefixes make
+  the encoding unambiguous: no value, whatever characters it holds, can shift bytes into its
+  neighbour. The id is hashed because it is the chain's order and what anchors name: an
+  export whose ids were shifted no longer hashes.
+* **Format 2** (events written before format 3): the same with the tag ``ledger-event/2`` and
+  the fields of :data:`CONTENT_FIELDS_V2` (no id).
+* **Format 1** (events written before format 2 existed): the previous hash, U+001E, then the
+  fields of :data:`CONTENT_FIELDS_V1` joined by U+001F, NULL as the empty string. A reason
+  containing U+001F could make two events share a hash, which is why later formats prefix
+  lengths.
 
-In both, timestamps are integer microseconds since the Unix epoch, integers and UUIDs their
+Formats 1 and 2 stay verifiable; the database accepts new events in format 3 only.
+In all, timestamps are integer microseconds since the Unix epoch, integers and UUIDs their
 canonical text.
 """
 
@@ -33,8 +38,9 @@ GENESIS = "0" * 64
 FIELD_SEP = "\x1f"
 HASH_SEP = "\x1e"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-CURRENT_FORMAT = 2
+CURRENT_FORMAT = 3
 V2_TAG = "ledger-event/2"
+V3_TAG = "ledger-event/3"
 
 # Order matters: it is part of the hashed bytes.
 CONTENT_FIELDS_V1 = (
@@ -54,8 +60,16 @@ CONTENT_FIELDS_V1 = (
     "recorded_at",
 )
 CONTENT_FIELDS_V2 = (*CONTENT_FIELDS_V1, "prev_event_id", "members")
-CONTENT_FIELDS = CONTENT_FIELDS_V2  # what the projector writes, in this order
-FIELDS_BY_FORMAT = {1: CONTENT_FIELDS_V1, 2: CONTENT_FIELDS_V2}
+CONTENT_FIELDS_V3 = ("id", *CONTENT_FIELDS_V2)
+CONTENT_FIELDS = CONTENT_FIELDS_V3  # what the projector writes, in this order
+FIELDS_BY_FORMAT = {1: CONTENT_FIELDS_V1, 2: CONTENT_FIELDS_V2, 3: CONTENT_FIELDS_V3}
+FORMATS = tuple(FIELDS_BY_FORMAT)
+
+
+class UnknownFormat(ValueError):
+    """An event names a hash format this version of the ledger does not know."""
+
+
 TIME_FIELDS = {"prior_status_modified_date", "new_status_modified_date", "recorded_at"}
 
 
@@ -64,8 +78,9 @@ def micros(value: datetime.datetime) -> int:
 
 
 def _text(name: str, value: Any) -> str | None:
-    """A field's canonical text, or None for NULL."""
-    if value is None:
+    """A field's canonical text, or None for NULL (an empty CSV cell is NULL: every format
+    encodes NULL and empty alike)."""
+    if value is None or value == "":
         return None
     if name in TIME_FIELDS:
         if isinstance(value, str):
@@ -78,8 +93,8 @@ def _v1_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
     return (prev_hash + HASH_SEP + FIELD_SEP.join(t or "" for t in texts)).encode()
 
 
-def _v2_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
-    parts = [V2_TAG]
+def _prefixed_bytes(tag: str, prev_hash: str, texts: list[str | None]) -> bytes:
+    parts = [tag]
     for text in (prev_hash, *texts):
         if not text:
             parts.append("-")
@@ -88,12 +103,38 @@ def _v2_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
     return "".join(parts).encode()
 
 
-_ENCODERS = {1: _v1_bytes, 2: _v2_bytes}
+def _v2_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
+    return _prefixed_bytes(V2_TAG, prev_hash, texts)
+
+
+def _v3_bytes(prev_hash: str, texts: list[str | None]) -> bytes:
+    return _prefixed_bytes(V3_TAG, prev_hash, texts)
+
+
+_ENCODERS = {1: _v1_bytes, 2: _v2_bytes, 3: _v3_bytes}
+
+
+def hash_format_of(value: Any) -> int:
+    """A ``hash_format`` as given (an export line's text, a row's integer) as a known format;
+    a missing one is format 1 (lines exported before the field existed)."""
+    if value is None or value == "":
+        return 1
+    try:
+        fmt = int(value)
+    except (TypeError, ValueError):
+        raise UnknownFormat(f"hash_format {value!r} is not a number") from None
+    if fmt not in FIELDS_BY_FORMAT:
+        known = ", ".join(map(str, FORMATS))
+        raise UnknownFormat(f"unknown hash_format {fmt} (this ledger knows {known})")
+    return fmt
 
 
 def event_hash(prev_hash: str, event: Mapping[str, Any], hash_format: int | None = None) -> str:
-    """The hash of an event given as a mapping (an export line, a model's values)."""
-    fmt = int(hash_format or event.get("hash_format") or 1)
+    """The hash of an event given as a mapping (an export line, a model's values).
+
+    Raises :class:`UnknownFormat` for a format this ledger does not know.
+    """
+    fmt = hash_format_of(hash_format if hash_format is not None else event.get("hash_format"))
     texts = [_text(name, event.get(name)) for name in FIELDS_BY_FORMAT[fmt]]
     return hashlib.sha256(_ENCODERS[fmt](prev_hash, texts)).hexdigest()
 
@@ -103,12 +144,12 @@ _US = datetime.timedelta(microseconds=1)
 
 
 def hash_values(prev_hash: str, values: tuple) -> str:
-    """Format-2 hash of values already in :data:`CONTENT_FIELDS` order (the projector's path).
+    """Format-3 hash of values already in :data:`CONTENT_FIELDS` order (the projector's path).
 
-    The same bytes as :func:`event_hash` with format 2, built directly as one string and
+    The same bytes as :func:`event_hash` with format 3, built directly as one string and
     encoded once: it runs once per event of every projection, in sequence.
     """
-    parts = [V2_TAG, f"{len(prev_hash)}:{prev_hash}" if prev_hash else "-"]
+    parts = [V3_TAG, f"{len(prev_hash)}:{prev_hash}" if prev_hash else "-"]
     append = parts.append
     for is_time, value in zip(_IS_TIME, values, strict=True):
         if value is None or value == "":
@@ -141,17 +182,19 @@ def _sql_v2_part(text_sql: str) -> str:
     )
 
 
-def _sql_v2(alias: str) -> str:
-    parts = [f"'{V2_TAG}'", _sql_v2_part(f"{alias}.prev_hash")]
-    parts += [_sql_v2_part(_sql_text(name, alias)) for name in CONTENT_FIELDS_V2]
+def _sql_prefixed(tag: str, fields: tuple[str, ...], alias: str) -> str:
+    parts = [f"'{tag}'", _sql_v2_part(f"{alias}.prev_hash")]
+    parts += [_sql_v2_part(_sql_text(name, alias)) for name in fields]
     return " || ".join(parts)
 
 
 def sql_hash_expression(alias: str = "e") -> str:
-    """SQL computing an event row's hash from its stored ``prev_hash``, content and format."""
+    """SQL computing an event row's hash from its stored ``prev_hash``, content and format
+    (NULL for a format this ledger does not know)."""
     return (
         f"encode(sha256(convert_to(CASE {alias}.hash_format WHEN 1 THEN {_sql_v1(alias)} "
-        f"ELSE {_sql_v2(alias)} END, 'UTF8')), 'hex')"
+        f"WHEN 2 THEN {_sql_prefixed(V2_TAG, CONTENT_FIELDS_V2, alias)} "
+        f"WHEN 3 THEN {_sql_prefixed(V3_TAG, CONTENT_FIELDS_V3, alias)} END, 'UTF8')), 'hex')"
     )
 
 

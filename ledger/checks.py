@@ -34,6 +34,20 @@ def check_access_lock(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 
 @checks.register()
+def check_anchor_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from ledger import anchors
+
+    return [
+        checks.Error(
+            problem,
+            hint="Anchors signed with a weak key can be forged by whoever guesses it.",
+            id="ledger.E002",
+        )
+        for problem in anchors.configuration_problems()
+    ]
+
+
+@checks.register()
 def check_recompute(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     from ledger.recomputes import MODES
 
@@ -42,7 +56,7 @@ def check_recompute(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         return [
             checks.Error(
                 f"LEDGER_RECOMPUTE = {mode!r}: it is one of {', '.join(map(repr, MODES))}",
-                id="ledger.E002",
+                id="ledger.E003",
             )
         ]
     if mode == "celery":
@@ -53,7 +67,7 @@ def check_recompute(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 checks.Error(
                     "LEDGER_RECOMPUTE = 'celery' but Celery is not installed",
                     hint="pip install 'commcare-correction-ledger[celery]', or keep 'inline'.",
-                    id="ledger.E003",
+                    id="ledger.E004",
                 )
             ]
     return []

@@ -31,8 +31,11 @@ DEFAULTS: dict[str, Any] = {
     # Username used when --operator is not given (a test suite's or a single-user setup's);
     # None: every step must name its operator.
     "DEFAULT_OPERATOR": None,
-    # Key signing chain anchors (read it from the environment in settings); None: no anchors.
+    # Key signing chain anchors (read it from the environment in settings), at least 256 bits;
+    # None: no anchors. Set it only in the anchor witness's settings (docs/auditing.md).
     "ANCHOR_KEY": None,
+    # Earlier anchor keys, still accepted when checking anchors they signed (key rotation).
+    "ANCHOR_KEYS": (),
     # File the anchors are appended to (kept outside the database); None: stdout only.
     "ANCHOR_LOG": None,
     # Databases (besides test_*) whose TRUNCATE guards the ledger's flush command may lift.

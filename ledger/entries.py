@@ -79,4 +79,5 @@ def plan_details(batch: CorrectionBatch) -> dict:
         "scope": batch.scope,
         "reverts": str(batch.reverts_id) if batch.reverts_id else None,
         "summary_sha256": digest(batch.summary),
+        "created_at": batch.created_at,
     }

@@ -13,6 +13,11 @@ Export
     recorded before ``until``. Should another batch's events fall inside that id range they are
     exported too (with their own ``batch_id``), because a chain with holes could not be checked.
 
+    CSV cells that a spreadsheet would read as a formula — starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return — are written with a single quote before them, as
+    spreadsheet-safe exporters do; so is a cell that starts with a quote, so that reading
+    drops exactly one leading quote from every cell that has one and gets the value back.
+
 Check (:func:`check_export`, ``corrections check-export FILE``)
     For every line, in order:
 
@@ -21,6 +26,13 @@ Check (:func:`check_export`, ``corrections check-export FILE``)
        (:mod:`ledger.chain`). An **edited** line fails here.
     2. ``prev_hash`` must equal the previous line's ``hash``. A **dropped**, **inserted**,
        **duplicated** or **reordered** line fails here (on the line after the gap).
+
+    3. With anchors (:mod:`ledger.anchors`), each anchor's signature must hold under a known key,
+       and the line of an anchored event must carry the anchored hash; each anchor covers the
+       lines up to its event, and an anchor whose event falls inside the file's id range
+       without a line for it fails the file (lines dropped, or ids shifted — the id is hashed
+       in format 3). How many lines each anchor covers is reported; ``require_anchor`` fails a
+       file no anchor covers.
 
     The first line's ``prev_hash`` is reported, not judged: a segment starts mid-chain.
     Together with the last line's ``hash`` it anchors the file to the live ledger — compare
@@ -43,6 +55,7 @@ from typing import IO, Any
 import msgspec
 from django.db.models import Max, Min, Q
 
+from ledger import anchors as anchor_log
 from ledger import chain
 from ledger.errors import LedgerError, NotFound
 from ledger.files import require_regular_file
@@ -65,6 +78,18 @@ class ExportSummary(msgspec.Struct, kw_only=True):
     last_hash: str | None
 
 
+class AnchorCoverage(msgspec.Struct, kw_only=True):
+    """What one anchor proved about an exported file."""
+
+    line: int
+    """The anchor's line in the anchor file."""
+    event_id: int | None
+    """The event it anchors."""
+    lines: int
+    """How many of the file's lines it covers: those up to its event, when the file holds
+    that event's line with the anchored hash; 0 otherwise."""
+
+
 class CheckResult(msgspec.Struct, kw_only=True):
     """What :func:`check_export` found. ``ok`` is false on the first bad line."""
 
@@ -80,6 +105,10 @@ class CheckResult(msgspec.Struct, kw_only=True):
     """Anchor: the hash of the file's last event."""
     first_bad_line: int | None = None
     problem: str | None = None
+    anchors: list[AnchorCoverage] = []
+    """Each anchor given, with the lines it covers."""
+    anchored_lines: int = 0
+    """How many lines (from the first) some anchor covers; the rest are not anchored."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,8 +157,21 @@ def iter_records(first: int, last: int, chunk_size: int = CHUNK_SIZE) -> Iterato
         yield EventRecord(**values)
 
 
+# A cell starting with one of these is read as a formula by spreadsheets (and a quote is the
+# escape itself, so it is escaped too).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 def _csv_value(value: Any) -> Any:
-    return "" if value is None else value
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_read(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def export_events(
@@ -145,7 +187,11 @@ def export_events(
     if fmt not in FORMATS:
         raise LedgerError(f"export: unknown format {fmt!r}; use jsonl or csv")
     bounds = segment(batch=batch, since=since, until=until)
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    # Every text cell quoted: a carriage return inside one (which the csv module does not quote
+    # on its own under a "\n" line end) stays inside its cell.
+    writer = (
+        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC) if fmt == "csv" else None
+    )
     if writer is not None:
         writer.writerow(FIELDS)
     summary = ExportSummary(
@@ -198,7 +244,7 @@ def _csv_lines(handle: IO[str]) -> Iterator[tuple[int, dict]]:
     header = next(reader, None)
     if header is None:
         return
-    required = ("prev_hash", "hash", *chain.CONTENT_FIELDS_V1)
+    required = ("id", "prev_hash", "hash", *chain.CONTENT_FIELDS_V1)
     missing = [name for name in required if name not in header]
     if missing:
         raise _Bad(1, f"CSV header lacks {', '.join(missing)}")
@@ -207,7 +253,7 @@ def _csv_lines(handle: IO[str]) -> Iterator[tuple[int, dict]]:
             continue
         if len(row) != len(header):
             raise _Bad(reader.line_num, f"{len(row)} fields, the header has {len(header)}")
-        yield reader.line_num, dict(zip(header, row, strict=True))
+        yield reader.line_num, dict(zip(header, map(_csv_read, row), strict=True))
 
 
 def _detect(handle: IO[str]) -> str:
@@ -219,9 +265,13 @@ def _detect(handle: IO[str]) -> str:
             return "jsonl" if char == "{" else "csv"
 
 
-def _check(handle: IO[str], fmt: str, result: CheckResult, anchored: dict[int, str]) -> None:
+def _check(
+    handle: IO[str], fmt: str, result: CheckResult, anchored: dict[int, str]
+) -> dict[int, int]:
+    """Check every line; return, for each anchored event found, how many lines lie up to it."""
     lines = _jsonl_lines(handle) if fmt == "jsonl" else _csv_lines(handle)
     previous: str | None = None
+    covered: dict[int, int] = {}
     for number, record in lines:
         prev_hash, stored = record.get("prev_hash"), record.get("hash")
         event_id = record.get("id")
@@ -230,6 +280,8 @@ def _check(handle: IO[str], fmt: str, result: CheckResult, anchored: dict[int, s
             raise _Bad(number, f"{label}: prev_hash or hash missing")
         try:
             computed = chain.event_hash(prev_hash, record)
+        except chain.UnknownFormat as error:
+            raise _Bad(number, f"{label}: {error}; it cannot be checked") from None
         except (TypeError, ValueError) as error:
             raise _Bad(number, f"{label}: unreadable content ({error})") from None
         if computed != stored:
@@ -259,6 +311,28 @@ def _check(handle: IO[str], fmt: str, result: CheckResult, anchored: dict[int, s
         result.events += 1
         result.last_event_id = current_id
         result.last_hash = stored
+        if current_id in anchored:
+            covered[current_id] = result.events
+    return covered
+
+
+def _hold_to_anchors(
+    result: CheckResult, given: list[tuple[int, anchor_log.Anchor]], covered: dict[int, int]
+) -> str | None:
+    """Each anchor's coverage of the checked file, or the problem that fails the file."""
+    first, last = result.first_event_id, result.last_event_id
+    problem = None
+    for number, anchor in given:
+        lines = covered.get(anchor.event_id, 0) if anchor.event_id is not None else 0
+        result.anchors.append(AnchorCoverage(line=number, event_id=anchor.event_id, lines=lines))
+        inside = anchor.event_id is not None and first is not None and last is not None
+        if inside and first <= anchor.event_id <= last and not lines and problem is None:
+            problem = (
+                f"the anchor on line {number} names event {anchor.event_id}, inside the file's "
+                "id range, and no line is that event (lines dropped, or ids shifted)"
+            )
+    result.anchored_lines = max((a.lines for a in result.anchors), default=0)
+    return problem
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -274,16 +348,28 @@ def check_export(
     fmt: str | None = None,
     expect_first_prev: str | None = None,
     expect_last_hash: str | None = None,
-    anchored: dict[int, str] | None = None,
+    anchors: list[tuple[int, anchor_log.Anchor]] | None = None,
+    require_anchor: bool = False,
 ) -> CheckResult:
     """Check an exported file offline; see the module docstring for the rules.
 
     ``fmt`` is detected from the content when not given (a ``{`` first means JSON Lines).
     ``expect_first_prev`` / ``expect_last_hash`` anchor the file's ends to values taken from
-    the ledger, which also catches lines removed at the start or the end. ``anchored`` maps
-    event ids to the hashes external anchors recorded (:mod:`ledger.anchors`): a line of an
-    anchored event must carry that hash, which catches a rewritten and re-hashed file.
+    the ledger, which also catches lines removed at the start or the end. ``anchors`` are
+    external anchors with their line numbers (:func:`ledger.anchors.read`): each one's
+    signature is checked with the configured keys (refused without one), a line of an
+    anchored event must carry the anchored hash — which catches a rewritten and re-hashed file
+    — and each anchor's coverage is reported. With ``require_anchor`` a file no anchor covers
+    is not OK.
     """
+    keys = anchor_log.require_keys("check-export") if anchors else {}
+    forged = []
+    for number, anchor in anchors or []:
+        problem = anchor_log.signature_problem(anchor, keys)
+        if problem:
+            forged.append(f"the anchor on line {number}: {problem}")
+    trusted = [(n, a) for n, a in anchors or [] if not anchor_log.signature_problem(a, keys)]
+    anchored = {a.event_id: a.event_hash for _, a in trusted if a.event_id is not None}
     if isinstance(path_or_file, str | os.PathLike):
         require_regular_file(str(path_or_file), "export")
         try:
@@ -307,7 +393,7 @@ def check_export(
             raise LedgerError(f"check-export: unknown format {fmt!r}; use jsonl or csv")
         result = CheckResult(ok=True, format=fmt, events=0)
         try:
-            _check(handle, fmt, result, anchored or {})
+            covered = _check(handle, fmt, result, anchored)
         except _Bad as bad:
             result.ok = False
             result.first_bad_line = bad.line
@@ -320,9 +406,16 @@ def check_export(
     finally:
         if close:
             handle.close()
+    anchor_problem = _hold_to_anchors(result, trusted, covered) if anchors else None
     if result.events == 0:
         result.ok = False
         result.problem = "the file holds no events"
+    elif forged:
+        result.ok = False
+        result.problem = forged[0]
+    elif anchor_problem:
+        result.ok = False
+        result.problem = anchor_problem
     elif expect_first_prev is not None and result.first_prev_hash != expect_first_prev:
         result.ok = False
         result.first_bad_line = 1
@@ -335,5 +428,13 @@ def check_export(
         result.problem = (
             "the last line's hash is not the expected anchor "
             "(lines are missing at the end, or the file is another segment)"
+        )
+    elif require_anchor and not result.anchored_lines:
+        result.ok = False
+        result.problem = (
+            "no anchor covers any line of the file"
+            + (" (none names an event in it)" if anchors else " (no anchors given)")
+            + "; check it against a later anchor log, or say --no-anchors to check the "
+            "chain alone"
         )
     return result

@@ -1,14 +1,16 @@
 """The ledger's records and the database guards that keep them honest.
 
 * :class:`CorrectionBatch` — one reviewed correction: its planner, scope, reason, operators and
-  lifecycle. State transitions (planned → applied → undone, with partially_undone between when
-  an undo skipped units; planned → discarded) are enforced by a database trigger. Each event is
+  lifecycle. A batch is inserted only as planned, with the database's time; state transitions
+  (planned → applied → undone, with partially_undone between when an undo skipped units;
+  planned → discarded) are enforced by a database trigger. Each event is
   inverted at most once (a unique one-to-one between events), so no batch is undone twice.
 * :class:`PlannedChange` — what a planned batch would flip, with exclusions and why. Frozen by
   a trigger once its batch leaves ``planned``.
 * :class:`CorrectionEvent` — one status flip. UPDATE, DELETE and TRUNCATE are refused by the
-  database itself, so raw SQL cannot rewrite history either. Each event carries a hash chained
-  to the previous event's (see :mod:`ledger.chain`).
+  database itself, so raw SQL cannot rewrite history either; new events come in the current
+  hash format and never recorded before the event they follow. Each event carries a hash
+  chained to the previous event's (see :mod:`ledger.chain`).
 * :class:`AccrualRecompute` — one row per (batch, access), written in the projection's
   transaction so a crash before the recompute finishes leaves visible, resumable work.
 * :class:`LedgerHead` — one row: the chain's head. Locking it serialises every ledger write, so
@@ -27,7 +29,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from ledger import guards
+from ledger import chain, digests, guards
 
 
 class Planner(models.TextChoices):
@@ -86,6 +88,10 @@ class CorrectionBatch(models.Model):
     approved_at = models.DateTimeField(null=True, blank=True)
     applied_by = models.CharField(max_length=150, blank=True, default="")
     plan_digest = models.CharField(max_length=64)
+    digest_format = models.SmallIntegerField(
+        default=digests.CURRENT_FORMAT,
+        help_text="Which encoding the plan digest covers (ledger.digests).",
+    )
     reverts = models.ForeignKey(
         "self",
         on_delete=models.PROTECT,
@@ -142,6 +148,7 @@ class CorrectionBatch(models.Model):
                     "ticket",
                     "planned_by",
                     "plan_digest",
+                    "digest_format",
                     "reverts",
                     "created_at",
                     "summary",
@@ -159,6 +166,23 @@ class CorrectionBatch(models.Model):
                     "skipped_conflicts": "OLD.state = 'planned'",
                 },
             ),
+            guards.insert_only_when(
+                "ledger_batch_insert",
+                {
+                    "NEW.state = 'planned'": "a batch is inserted as planned",
+                    "NEW.approved_by = '' AND NEW.approved_at IS NULL AND NEW.applied_by = '' "
+                    "AND NEW.applied_at IS NULL AND NEW.undone_at IS NULL "
+                    "AND NEW.discarded_at IS NULL AND NEW.skipped_conflicts = '[]'::jsonb": (
+                        "a new batch is not approved, applied, undone or discarded yet"
+                    ),
+                    "NEW.created_at = statement_timestamp()": (
+                        "a new batch records the database's time (created_at is its default)"
+                    ),
+                    f"NEW.digest_format = {digests.CURRENT_FORMAT}": (
+                        f"a new batch's plan digest is in format {digests.CURRENT_FORMAT}"
+                    ),
+                },
+            ),
             guards.protect("ledger_batch_no_delete", pgtrigger.Delete),
             guards.refuse_truncate("ledger_batch_no_truncate"),
         ]
@@ -167,20 +191,24 @@ class CorrectionBatch(models.Model):
         return f"{self.planner} {self.id} ({self.state})"
 
 
-_FROZEN_UNLESS_PLANNED = """
-    IF (SELECT state FROM ledger_correctionbatch
-        WHERE id = COALESCE(NEW.batch_id, OLD.batch_id)) IS DISTINCT FROM 'planned' THEN
+# The batch table is read through the schema of the table the trigger fires on: a temporary
+# table of the session named like it is never what a guard reads (ledger.guards).
+_BATCHES = CorrectionBatch._meta.db_table
+_FROZEN_UNLESS_PLANNED = f"""
+    EXECUTE format('SELECT state FROM %I.{_BATCHES} WHERE id = $1', TG_TABLE_SCHEMA)
+        INTO _state USING COALESCE(NEW.batch_id, OLD.batch_id);
+    IF _state IS DISTINCT FROM 'planned' THEN
         RAISE EXCEPTION 'ledger: planned changes of batch % are frozen',
             COALESCE(NEW.batch_id, OLD.batch_id) USING ERRCODE = 'restrict_violation';
     END IF;
     RETURN COALESCE(NEW, OLD);
 """
 # Inserts come by the hundred thousand: one check per statement over the new rows, not per row.
-_INSERT_ONLY_WHILE_PLANNED = """
-    IF EXISTS (
-        SELECT 1 FROM new_rows n JOIN ledger_correctionbatch b ON b.id = n.batch_id
-        WHERE b.state <> 'planned'
-    ) THEN
+_INSERT_ONLY_WHILE_PLANNED = f"""
+    EXECUTE format(
+        'SELECT EXISTS (SELECT 1 FROM new_rows n JOIN %I.{_BATCHES} b ON b.id = n.batch_id '
+        'WHERE b.state <> ''planned'')', TG_TABLE_SCHEMA) INTO _late;
+    IF _late THEN
         RAISE EXCEPTION 'ledger: planned changes can only be added to a planned batch'
             USING ERRCODE = 'restrict_violation';
     END IF;
@@ -227,6 +255,7 @@ class PlannedChange(models.Model):
                 name="ledger_planned_change_frozen",
                 operation=pgtrigger.Update | pgtrigger.Delete,
                 when=pgtrigger.Before,
+                declare=[("_state", "TEXT")],
                 func=_FROZEN_UNLESS_PLANNED,
             ),
             guards.Trigger(
@@ -235,10 +264,43 @@ class PlannedChange(models.Model):
                 level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 referencing=pgtrigger.Referencing(new="new_rows"),
+                declare=[("_late", "BOOLEAN")],
                 func=_INSERT_ONLY_WHILE_PLANNED,
             ),
             guards.refuse_truncate("ledger_planned_change_no_truncate"),
         ]
+
+
+# One check per statement (an apply COPYs a batch's events in one), over the new rows and their
+# neighbours in id order: the new events use the current hash format, none is recorded in the
+# future, and ``recorded_at`` never decreases along the chain.
+_EVENTS_APPEND_IN_TIME = f"""
+    IF EXISTS (SELECT 1 FROM new_rows WHERE hash_format IS DISTINCT FROM {chain.CURRENT_FORMAT})
+    THEN
+        RAISE EXCEPTION 'ledger: events are written in hash format {chain.CURRENT_FORMAT}'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE recorded_at > clock_timestamp()) THEN
+        RAISE EXCEPTION 'ledger: an event cannot be recorded in the future'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    SELECT min(id), max(id) INTO _lo, _hi FROM new_rows;
+    EXECUTE format('SELECT max(id) FROM %I.%I WHERE id < $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        INTO _from USING _lo;
+    EXECUTE format('SELECT min(id) FROM %I.%I WHERE id > $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        INTO _to USING _hi;
+    EXECUTE format(
+        'SELECT EXISTS (SELECT 1 FROM (SELECT recorded_at, '
+        'lag(recorded_at) OVER (ORDER BY id) AS before FROM %I.%I WHERE id BETWEEN $1 AND $2) s '
+        'WHERE s.recorded_at < s.before)', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        INTO _backwards USING COALESCE(_from, _lo), COALESCE(_to, _hi);
+    IF _backwards THEN
+        RAISE EXCEPTION 'ledger: recorded_at never decreases along the chain'
+            USING ERRCODE = 'restrict_violation',
+                  DETAIL = 'An event is recorded before the one it follows in id order.';
+    END IF;
+    RETURN NULL;
+"""
 
 
 class CorrectionEvent(models.Model):
@@ -272,8 +334,10 @@ class CorrectionEvent(models.Model):
     members = models.TextField(
         null=True, blank=True, help_text="A work's visits after the flip: 'id:status,…' by id."
     )
+    # No default: a writer names the format it hashed (a stale default would let a row claim
+    # an encoding it was not hashed in).
     hash_format = models.SmallIntegerField(
-        db_default=1, help_text="Which content encoding the hash covers (ledger.chain)."
+        help_text="Which content encoding the hash covers (ledger.chain)."
     )
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
@@ -297,6 +361,21 @@ class CorrectionEvent(models.Model):
         triggers = [
             guards.protect("ledger_event_append_only", pgtrigger.Update | pgtrigger.Delete),
             guards.refuse_truncate("ledger_event_no_truncate"),
+            guards.Trigger(
+                name="ledger_event_insert",
+                operation=pgtrigger.Insert,
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                referencing=pgtrigger.Referencing(new="new_rows"),
+                declare=[
+                    ("_lo", "BIGINT"),
+                    ("_hi", "BIGINT"),
+                    ("_from", "BIGINT"),
+                    ("_to", "BIGINT"),
+                    ("_backwards", "BOOLEAN"),
+                ],
+                func=_EVENTS_APPEND_IN_TIME,
+            ),
         ]
 
     def __str__(self) -> str:
@@ -377,6 +456,14 @@ class AccrualRecompute(models.Model):
                     END IF;
                     RETURN NEW;
                 """,
+            ),
+            guards.insert_only_when(
+                "ledger_recompute_insert",
+                {
+                    "NEW.state = 'pending' AND NEW.accrual_after IS NULL AND NEW.done_at IS NULL": (
+                        "a recompute is inserted pending; the recompute marks it done"
+                    ),
+                },
             ),
             guards.protect("ledger_recompute_no_delete", pgtrigger.Delete),
             guards.refuse_truncate("ledger_recompute_no_truncate"),

@@ -9,6 +9,10 @@ The role that runs migrations owns the ledger's tables; the application's own ro
 * the sequences behind the ids;
 * nothing else: no ``DELETE``, ``TRUNCATE``, ``REFERENCES`` or ``TRIGGER``, and, not being the
   owner, it cannot alter, disable or replace the guards.
+
+The anchor witness (``corrections anchor`` run apart, :mod:`ledger.anchors`) gets a role of its
+own that only reads: ``SELECT`` on the ledger's tables and on the tables that say who the users
+are and what they may do. Nothing it does can change the record it signs.
 """
 
 from __future__ import annotations
@@ -62,6 +66,33 @@ def statements(app_role: str) -> list[str]:
         f"-- {app_role} must not own these tables nor be a superuser: check with \\dp in psql."
     )
     return lines
+
+
+def witness_statements(role_name: str) -> list[str]:
+    """The GRANT/REVOKE statements for the anchor witness's read-only ``role_name``."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    if not _ROLE.fullmatch(role_name or ""):
+        raise LedgerError(
+            f"not a role name: {role_name!r} (letters, digits, _ and $, at most 63 characters)"
+        )
+    role = connection.ops.quote_name(role_name)
+    user = get_user_model()
+    models = [*APPEND_ONLY, *GUARDED_UPDATES]
+    people = [user, user.groups.through, user.user_permissions.through, Group,
+              Group.permissions.through, Permission, ContentType]  # fmt: skip
+    ledger = ", ".join(_q(m) for m in models)
+    return [
+        "-- Run as the role that owns the ledger's tables (the one that runs migrations).",
+        f"REVOKE ALL ON TABLE {ledger} FROM {role};",
+        f"GRANT SELECT ON TABLE {ledger} TO {role};",
+        "-- Who the users are and what they may do (the lifecycle's rules):",
+        f"GRANT SELECT ON TABLE {', '.join(dict.fromkeys(_q(m) for m in people))} TO {role};",
+        f"-- {role_name} reads only: no INSERT, UPDATE or DELETE anywhere, no membership in the "
+        "application's role.",
+    ]
 
 
 def _q(model) -> str:

@@ -53,6 +53,7 @@ from ledger.sql import (
     insert_rows,
     int_array,
     lock_rows_patiently,
+    reserve_ids,
     table,
     text_array,
 )
@@ -245,7 +246,7 @@ def _update(model, rows: list[tuple[int, str, datetime.datetime | None]]) -> Non
         )
 
 
-# The hashed content, in chain order, then the format and the two hashes.
+# The hashed content (the id first), in chain order, then the format and the two hashes.
 _EVENT_COLUMNS = (*chain.CONTENT_FIELDS, "hash_format", "prev_hash", "hash")
 
 
@@ -368,28 +369,28 @@ def project(
              if f.entity_kind == WORK],
         )  # fmt: skip
         events = []
-        for f, stamp in zip(part, stamps, strict=True):
+        # The id is hashed (format 3), so it is drawn before the row is written; under the
+        # head's lock, ids drawn later are larger than every event before.
+        ids = reserve_ids(CorrectionEvent, len(part))
+        for event_id, f, stamp in zip(ids, part, stamps, strict=True):
             is_work = f.entity_kind == WORK
             row = (current.works if is_work else current.visits)[f.entity_id]
             latest = current.latest.get(f.entity_kind, f.entity_id)
             values = (
-                batch_id, f.entity_kind, f.entity_id, f.completed_work_id, f.opportunity_id,
-                f.access_id, f.xform_id, f.from_status, f.to_status, reason, f.inverts_id,
+                event_id, batch_id, f.entity_kind, f.entity_id, f.completed_work_id,
+                f.opportunity_id, f.access_id, f.xform_id, f.from_status, f.to_status, reason,
+                f.inverts_id,
                 row[1], stamp, now_at, latest,
                 members_text(after.get(f.entity_id, {})) if is_work else None,
             )  # fmt: skip
             prev_hash, prev = prev, chain.hash_values(prev, values)
             events.append((*values, chain.CURRENT_FORMAT, prev_hash, prev))
         insert_rows(CorrectionEvent, _EVENT_COLUMNS, events)
+        last_id = ids[-1]
         result.events += len(part)
         result.visits += sum(1 for f in part if f.entity_kind == VISIT)
     result.works = result.events - result.visits
     if result.events:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT max(id) FROM {table(CorrectionEvent)} WHERE batch_id = %s", [batch.pk]
-            )
-            last_id = cursor.fetchone()[0]
         move_events(last_id, prev, result.events, now_at)
 
     touched = sorted({f.access_id for f in flips if f.access_id is not None})

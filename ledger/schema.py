@@ -157,6 +157,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     findings: list[str] = []
     # The external anchor taken right after the projection, when anchoring is configured.
     anchor: str | None = None
+    # Why no anchor was taken although anchoring is configured (the witness refused to sign).
+    anchor_problem: str | None = None
 
 
 class ScanOpportunity(msgspec.Struct, kw_only=True):

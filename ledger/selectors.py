@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
 from django.db import connection
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Q
 
 from ledger.errors import LedgerError, NotFound
 from ledger.host import CompletedWork, Opportunity, OpportunityAccess, UserVisit
@@ -43,7 +43,7 @@ from ledger.models import (
     EntityKind,
     PlannedChange,
 )
-from ledger.sql import chunks
+from ledger.sql import chunks, int_array, table
 from ledger.sql import cursor as sql_cursor
 
 CHUNK_SIZE = 2000
@@ -278,21 +278,33 @@ def resolve_opportunity(value: str) -> int:
 
 @dataclass(frozen=True)
 class Resolved:
+    """A history selection: as an ORM filter on events, and as the same condition in SQL over
+    events aliased ``e`` (the history read is plain SQL: an auditor's lookup is a handful of
+    rows, and building the ORM query costs more than running it)."""
+
     selector: Selector
     filter: Q
+    where: str
+    params: tuple
+    # When the selection finds no event: whether the host knows the id (None: not checked).
+    known: Callable[[], bool] | None = None
 
 
-def resolve(kind: str, value: str) -> Resolved:
+def resolve(kind: str, value: str, *, check: bool = True) -> Resolved:
     """Turn ``--visit 12`` and friends into an index-backed filter on events.
 
-    Raises :class:`NotFound` when the id is unknown to both the ledger and the host.
+    Raises :class:`NotFound` when the id is unknown to both the ledger and the host. Without
+    ``check`` that is left to the caller (:meth:`Resolved.known`, once no event was found), so
+    a lookup that finds events costs one query.
     """
     events = CorrectionEvent.objects
+    known = None
     if kind == "visit":
         pk = _parse_int(value, "visit")
         q = Q(entity_kind=EntityKind.visit, entity_id=pk)
-        if not events.filter(q).exists() and not UserVisit.objects.filter(pk=pk).exists():
-            raise NotFound(f"no visit {value}: unknown to the ledger and the host")
+        where, params = "e.entity_kind = 'visit' AND e.entity_id = %s", (pk,)
+        known = UserVisit.objects.filter(pk=pk).exists
+        missing = f"no visit {value}: unknown to the ledger and the host"
     elif kind == "xform_id":
         xform = str(value).strip()
         if not xform:
@@ -301,32 +313,55 @@ def resolve(kind: str, value: str) -> Resolved:
             UserVisit.objects.filter(xform_id=xform).values_list("pk", flat=True)[:1000]
         )
         q = Q(xform_id=xform)
+        where, params = "e.xform_id = %s", (xform,)
         if host_ids:
             q |= Q(entity_kind=EntityKind.visit, entity_id__in=host_ids)
-        if not host_ids and not events.filter(xform_id=xform).exists():
-            raise NotFound(f"no visit with xform id {xform!r}")
+            where = f"({where} OR (e.entity_kind = 'visit' AND e.entity_id = ANY(%s::bigint[])))"
+            params = (xform, int_array(host_ids))
+        known = lambda: bool(host_ids)  # noqa: E731 - the host knows it if it holds a visit
+        missing = f"no visit with xform id {xform!r}"
         pk = None
     elif kind == "completed_work":
         pk = _parse_int(value, "completed work")
         q = Q(entity_kind=EntityKind.completed_work, entity_id=pk) | Q(completed_work_id=pk)
-        if not events.filter(q).exists() and not CompletedWork.objects.filter(pk=pk).exists():
-            raise NotFound(f"no completed work {value}: unknown to the ledger and the host")
+        where = (
+            "((e.entity_kind = 'completed_work' AND e.entity_id = %s) OR e.completed_work_id = %s)"
+        )
+        params = (pk, pk)
+        known = CompletedWork.objects.filter(pk=pk).exists
+        missing = f"no completed work {value}: unknown to the ledger and the host"
     elif kind == "access":
         pk = _parse_int(value, "access")
         q = Q(access_id=pk)
-        if not events.filter(q).exists() and not OpportunityAccess.objects.filter(pk=pk).exists():
-            raise NotFound(f"no access {value}: unknown to the ledger and the host")
+        where, params = "e.access_id = %s", (pk,)
+        known = OpportunityAccess.objects.filter(pk=pk).exists
+        missing = f"no access {value}: unknown to the ledger and the host"
     elif kind == "opportunity":
         pk = resolve_opportunity(value)
         q = Q(opportunity_id=pk)
+        where, params = "e.opportunity_id = %s", (pk,)
     elif kind == "batch":
         batch = get_batch(value)
         pk = None
         value = str(batch.pk)
         q = Q(batch_id=batch.pk)
+        where, params = "e.batch_id = %s", (batch.pk,)
     else:  # pragma: no cover - argparse restricts the kinds
         raise LedgerError(f"unknown history selector {kind!r}")
-    return Resolved(Selector(kind=kind, value=str(value), resolved_id=pk), q)
+    if known is not None:
+        known = _unknown_raises(known, missing)
+        if check and not events.filter(q).exists():
+            known()
+    return Resolved(Selector(kind=kind, value=str(value), resolved_id=pk), q, where, params, known)
+
+
+def _unknown_raises(exists: Callable[[], bool], message: str) -> Callable[[], bool]:
+    def known() -> bool:
+        if not exists():
+            raise NotFound(message)
+        return True
+
+    return known
 
 
 _EVENT_COLUMNS = (
@@ -350,30 +385,23 @@ _EVENT_COLUMNS = (
 )
 
 
-def history_queryset(resolved: Resolved) -> QuerySet:
-    """Events of the selection in id order, with batch, operators and lineage joined in."""
-    return (
-        CorrectionEvent.objects.filter(resolved.filter)
-        .order_by("id")
-        .values_list(
-            *_EVENT_COLUMNS,
-            F("batch__planner"),
-            F("batch__state"),
-            F("batch__ticket"),
-            F("batch__planned_by"),
-            F("batch__applied_by"),
-            F("batch__reverts_id"),
-            # The latest applied undo batch reverting this event's batch (an undo that skipped
-            # units can be followed by another; a planned or discarded one undid nothing).
-            Subquery(
-                CorrectionBatch.objects.filter(reverts=OuterRef("batch_id"), state="applied")
-                .order_by("-created_at")
-                .values("id")[:1]
-            ),
-            F("inverted_by__id"),
-            F("inverted_by__batch_id"),
-        )
-    )
+def history_sql(resolved: Resolved) -> tuple[str, list]:
+    """The selection's events in id order, with batch, operators and undo lineage joined in:
+    the columns :func:`_history_event` reads."""
+    events, batches = table(CorrectionEvent), table(CorrectionBatch)
+    sql = f"""
+        SELECT {", ".join("e." + c for c in _EVENT_COLUMNS)},
+               b.planner, b.state, b.ticket, b.planned_by, b.applied_by, b.reverts_id,
+               (SELECT u.id FROM {batches} u
+                WHERE u.reverts_id = e.batch_id AND u.state = 'applied'
+                ORDER BY u.created_at DESC LIMIT 1),
+               i.id, i.batch_id
+        FROM {events} e
+        JOIN {batches} b ON b.id = e.batch_id
+        LEFT JOIN {events} i ON i.inverts_id = e.id
+        WHERE {resolved.where}
+        ORDER BY e.id"""
+    return sql, list(resolved.params)
 
 
 def _str(value) -> str | None:
@@ -382,68 +410,86 @@ def _str(value) -> str | None:
 
 def iter_history(resolved: Resolved, chunk_size: int = CHUNK_SIZE) -> Iterator[HistoryEvent]:
     """Stream the selection's events (server-side cursor, constant memory)."""
-    for row in history_queryset(resolved).iterator(chunk_size=chunk_size):
-        (
-            id_,
-            recorded_at,
-            batch_id,
-            entity_kind,
-            entity_id,
-            completed_work_id,
-            opportunity_id,
-            access_id,
-            xform_id,
-            from_status,
-            to_status,
-            reason,
-            prior_smd,
-            new_smd,
-            inverts_id,
-            prev_hash,
-            hash_,
-            planner,
-            batch_state,
-            ticket,
-            planned_by,
-            applied_by,
-            batch_reverts,
-            batch_reverted_by,
-            inverted_by,
-            inverted_in_batch,
-        ) = row
-        yield HistoryEvent(
-            id=id_,
-            recorded_at=recorded_at,
-            batch=str(batch_id),
-            planner=planner,
-            batch_state=batch_state,
-            ticket=ticket,
-            planned_by=planned_by,
-            applied_by=applied_by,
-            entity_kind=entity_kind,
-            entity_id=entity_id,
-            completed_work_id=completed_work_id,
-            opportunity_id=opportunity_id,
-            access_id=access_id,
-            xform_id=xform_id,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            prior_status_modified_date=prior_smd,
-            new_status_modified_date=new_smd,
-            inverts=inverts_id,
-            inverted_by=inverted_by,
-            inverted_in_batch=_str(inverted_in_batch),
-            batch_reverts=_str(batch_reverts),
-            batch_reverted_by=_str(batch_reverted_by),
-            prev_hash=prev_hash,
-            hash=hash_,
-        )
+    sql, params = history_sql(resolved)
+    with sql_cursor(chunked=True) as cursor:
+        cursor.execute(sql, params)
+        for row in chunks(cursor, chunk_size):
+            yield _history_event(row)
+
+
+def _history_event(row: tuple) -> HistoryEvent:
+    (
+        id_,
+        recorded_at,
+        batch_id,
+        entity_kind,
+        entity_id,
+        completed_work_id,
+        opportunity_id,
+        access_id,
+        xform_id,
+        from_status,
+        to_status,
+        reason,
+        prior_smd,
+        new_smd,
+        inverts_id,
+        prev_hash,
+        hash_,
+        planner,
+        batch_state,
+        ticket,
+        planned_by,
+        applied_by,
+        batch_reverts,
+        batch_reverted_by,
+        inverted_by,
+        inverted_in_batch,
+    ) = row
+    return HistoryEvent(
+        id=id_,
+        recorded_at=recorded_at,
+        batch=str(batch_id),
+        planner=planner,
+        batch_state=batch_state,
+        ticket=ticket,
+        planned_by=planned_by,
+        applied_by=applied_by,
+        entity_kind=entity_kind,
+        entity_id=entity_id,
+        completed_work_id=completed_work_id,
+        opportunity_id=opportunity_id,
+        access_id=access_id,
+        xform_id=xform_id,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        prior_status_modified_date=prior_smd,
+        new_status_modified_date=new_smd,
+        inverts=inverts_id,
+        inverted_by=inverted_by,
+        inverted_in_batch=_str(inverted_in_batch),
+        batch_reverts=_str(batch_reverts),
+        batch_reverted_by=_str(batch_reverted_by),
+        prev_hash=prev_hash,
+        hash=hash_,
+    )
 
 
 def history(kind: str, value: str) -> list[HistoryEvent]:
-    """All events of one selection, materialized (use :func:`iter_history` for big ones)."""
-    return list(iter_history(resolve(kind, value)))
+    """All events of one selection, materialized (use :func:`iter_history` for big ones).
+
+    One query when the selection has events; only when it has none is the host asked whether
+    the id exists (:class:`NotFound` otherwise).
+    """
+    resolved = resolve(kind, value, check=False)
+    sql, params = history_sql(resolved)
+    with sql_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if not rows and resolved.known is not None:
+        resolved.known()
+    return [_history_event(row) for row in rows]
 
 
 def _as_of_sql(resolved: Resolved) -> tuple[str, list]:

@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 
 from django.db import DatabaseError, connection, transaction
 
-from ledger import conf, entries, host, people, recomputes
+from ledger import conf, digests, entries, host, people, recomputes
 from ledger.assumptions import Assumptions
 from ledger.errors import ConflictError, LedgerError, NotFound, WrongState
 from ledger.errors import StalePlan as StalePlan  # raised by apply; long importable from here
@@ -415,13 +415,21 @@ def _write(fn: Callable[[list], T], *, what: str, progress: Progress | None) -> 
     )
 
 
-def _auto_anchor() -> str | None:
-    """Anchor the chain head after a projection when a key and an anchor log are configured."""
+def _auto_anchor(report: RunReport) -> None:
+    """Anchor the chain head after a projection when a key and an anchor log are configured.
+
+    The projection has committed: a segment the witness refuses to sign (or a key it refuses
+    to sign with) is ``anchor_problem`` on the report, never raised. Where the application
+    holds no key — the witness runs apart, under its own role — nothing is anchored here.
+    """
     from ledger import anchors
 
-    if anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block:
-        return anchors.encode(anchors.take())
-    return None
+    if not (anchors.configured() and conf.get("ANCHOR_LOG") and not connection.in_atomic_block):
+        return
+    try:
+        report.anchor = anchors.encode(anchors.take())
+    except LedgerError as error:
+        report.anchor_problem = str(error)
 
 
 def _mark_applied(batch: CorrectionBatch, actor: Actor, result) -> None:
@@ -451,8 +459,8 @@ def _planned_rows(batch: CorrectionBatch) -> list[PlannedRow]:
     """The batch's planned changes in digest order, read a chunk at a time as plain tuples."""
     with sql_cursor(chunked=True) as cursor:
         cursor.execute(
-            f"""SELECT {", ".join(PlannedRow._fields)} FROM {table(PlannedChange)}
-                WHERE batch_id = %s ORDER BY entity_kind, entity_id""",
+            f"""SELECT {", ".join(PlannedRow._fields)} FROM {table(PlannedChange)} p
+                WHERE batch_id = %s ORDER BY {digests.sql_order("p")}""",
             [batch.pk],
         )
         return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
@@ -490,6 +498,11 @@ def _check_appliable(batch: CorrectionBatch) -> None:
             f"batch {batch.pk} has not been approved: a reviewer other than "
             f"{batch.planned_by} runs corrections approve --batch {batch.pk} "
             "--operator USERNAME --plan-digest DIGEST"
+        )
+    if batch.digest_format != digests.CURRENT_FORMAT:
+        raise WrongState(
+            f"batch {batch.pk} was planned with plan digest format {batch.digest_format}, "
+            "which does not cover every column apply uses; plan it again"
         )
 
 
@@ -768,7 +781,7 @@ def _after_commit(
     finishes them).
     """
     try:
-        report.anchor = _auto_anchor()
+        _auto_anchor(report)
     except Exception as error:  # noqa: BLE001 - committed: report, never raise
         report.findings.append(
             f"the projection committed but anchoring it failed ({error}); run corrections anchor"

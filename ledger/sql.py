@@ -74,6 +74,23 @@ def insert_rows(model, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     return count
 
 
+def reserve_ids(model, count: int) -> list[int]:
+    """``count`` ids from the sequence behind ``model``'s id, in increasing order.
+
+    For rows whose id must be known before they are written (an event's id is hashed). The
+    ids need not be consecutive: only their order matters.
+    """
+    if count <= 0:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT nextval(s.name) FROM (SELECT pg_get_serial_sequence(%s, 'id') AS name) s,
+                      generate_series(1, %s)""",
+            [connection.ops.quote_name(model._meta.db_table), count],
+        )
+        return sorted(pk for (pk,) in cursor.fetchall())
+
+
 def int_array(values: Iterable[int]) -> str:
     """An array parameter as PostgreSQL's array text, for ``%s::bigint[]``.
 

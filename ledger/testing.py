@@ -34,6 +34,7 @@ import pgtrigger
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
+from ledger import chain
 from ledger.host import CompletedWork, OpportunityAccess, UserVisit
 from ledger.models import (
     AccrualRecompute,
@@ -162,7 +163,7 @@ def _probe_event() -> None:
     CorrectionEvent.objects.create(
         batch=probe, entity_kind=EntityKind.visit, entity_id=0, opportunity_id=0,
         from_status="approved", to_status="over_limit", reason="probe", recorded_at=now,
-        prev_hash="0" * 64, hash="0" * 64,
+        hash_format=chain.CURRENT_FORMAT, prev_hash="0" * 64, hash="0" * 64,
     )  # fmt: skip
 
 

@@ -147,8 +147,17 @@ def add_parsers(subparsers) -> None:
     check_export.add_argument(
         "--last-hash", metavar="HASH", help="Expected hash of the last line (64 hex)."
     )
-    check_export.add_argument(
-        "--anchors", metavar="FILE", help="External anchors the file's events must match."
+    anchoring = check_export.add_mutually_exclusive_group()
+    anchoring.add_argument(
+        "--anchors",
+        metavar="FILE",
+        help="External anchors (corrections anchor) to hold the file to: their signatures are "
+        "checked with the configured keys, and the file fails unless one covers it.",
+    )
+    anchoring.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="Check the hashes and chain links alone; the file is then not anchored.",
     )
     _json(check_export)
     check_export.set_defaults(handler=handle_check_export)
@@ -562,6 +571,19 @@ def _sniff(path: str) -> None:
             ) from None
 
 
+def _print_coverage(result: export.CheckResult, out: Output, unanchored: bool) -> None:
+    if unanchored and not result.anchors:
+        out.line("  not anchored (--no-anchors): the hashes and chain links alone were checked")
+        return
+    for a in result.anchors:
+        out.line(f"  anchor on line {a.line} (event {a.event_id}): covers {a.lines} lines")
+    rest = result.events - result.anchored_lines
+    out.line(
+        f"  {result.anchored_lines} of {result.events} lines anchored"
+        + (f"; the last {rest} are not (a later anchor would cover them)" if rest else "")
+    )
+
+
 def handle_check_export(options: dict, out: Output) -> None:
     path = inputs.path(options["file"], "FILE")
     require_regular_file(path, "export")
@@ -570,12 +592,13 @@ def handle_check_export(options: dict, out: Output) -> None:
         first_prev = inputs.hex_digest(options["first_prev"], "--first-prev", exact=64)
     if options.get("last_hash") is not None:
         last_hash = inputs.hex_digest(options["last_hash"], "--last-hash", exact=64)
-    anchored = None
+    given = None
     anchors_path = _anchors_file(options)
     if anchors_path is not None:
         from ledger import anchors
 
-        anchored = anchors.expected_hashes(anchors.read(anchors_path))
+        given = anchors.read(anchors_path)
+        anchors.require_keys("check-export")  # no claim of anchoring without the key
     _sniff(path)
     out.progress(f"checking {path}")
     try:
@@ -584,7 +607,8 @@ def handle_check_export(options: dict, out: Output) -> None:
             fmt=options.get("fmt"),
             expect_first_prev=first_prev,
             expect_last_hash=last_hash,
-            anchored=anchored,
+            anchors=given,
+            require_anchor=not options.get("no_anchors"),
         )
     except UnicodeDecodeError as error:
         raise LedgerError(f"export file {path} is not UTF-8 text ({error.reason})") from None
@@ -605,6 +629,7 @@ def handle_check_export(options: dict, out: Output) -> None:
             anchor = " (the start of the ledger)" if result.starts_at_genesis else ""
             out.line(f"  first prev_hash: {result.first_prev_hash}{anchor}")
             out.line(f"  last hash:       {result.last_hash}")
+        _print_coverage(result, out, options.get("no_anchors"))
     if not result.ok:
         where = f"line {result.first_bad_line}: " if result.first_bad_line else ""
         problem = result.problem or "invalid"

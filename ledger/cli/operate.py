@@ -199,19 +199,30 @@ def add_parsers(subparsers) -> None:
 
     anchor = subparsers.add_parser(
         "anchor",
-        help="Sign the chain head; append it to the anchor log (LEDGER_ANCHOR_LOG) and stdout.",
+        help="Verify the segment since the previous anchor, sign the chain head, append it to "
+        "the anchor log (LEDGER_ANCHOR_LOG) and stdout.",
+        description="The anchor witness: verifies the events and lifecycle entries since the "
+        "last anchor of LEDGER_ANCHOR_LOG (chain links, recorded_at order, lifecycle and "
+        "four-eyes rules, plans), then signs the chain head with LEDGER_ANCHOR_KEY; a "
+        "failing segment is not signed (exit 1). Reads only: run it apart from the "
+        "application, under the role `privileges --witness-role` describes.",
     )
     _json(anchor)
     anchor.set_defaults(handler=handle_anchor)
 
     privileges = subparsers.add_parser(
-        "privileges", help="Print the GRANT/REVOKE statements for the application's role."
+        "privileges",
+        help="Print the GRANT/REVOKE statements for the application's role or the anchor "
+        "witness's.",
     )
-    privileges.add_argument(
-        "--app-role",
-        required=True,
+    role = privileges.add_mutually_exclusive_group(required=True)
+    role.add_argument(
+        "--app-role", metavar="NAME", help="The database role the application connects as."
+    )
+    role.add_argument(
+        "--witness-role",
         metavar="NAME",
-        help="The database role the application connects as.",
+        help="The read-only role `corrections anchor` runs under, apart from the application.",
     )
     privileges.set_defaults(handler=handle_privileges)
 
@@ -387,18 +398,22 @@ def handle_plan_undo(options: dict, out: Output) -> None:
 
 
 def _committed(report: RunReport, waited: bool) -> None:
-    """After a committed apply or undo: recomputes left pending are findings (exit 1) — but
-    not those queued to the workers, unless the command waited for them (``--wait``)."""
+    """After a committed apply or undo: recomputes left pending, and a head the witness
+    refused to anchor, are findings (exit 1) — but not recomputes queued to the workers,
+    unless the command waited for them (``--wait``)."""
+    verb = "undo" if report.action == "undo" else "apply"
     left = report.pending_recomputes
     if not waited:
         left -= report.queued_recomputes
     if left > 0:
-        verb = "undo" if report.action == "undo" else "apply"
         raise Findings(
             f"{left} recomputes pending: the {verb} of batch "
             f"{report.reverts or report.batch} committed; finish them with "
             "./manage.py corrections recompute --pending"
         )
+    if report.anchor_problem:
+        raise Findings(f"the {verb} of batch {report.reverts or report.batch} committed; the "
+                       f"chain head was not anchored: {report.anchor_problem}")  # fmt: skip
 
 
 def _finish(report: RunReport, options: dict, out: Output) -> None:
@@ -508,10 +523,12 @@ def handle_anchor(options: dict, out: Output) -> None:
 def handle_privileges(options: dict, out: Output) -> None:
     from ledger import privileges
 
-    role = options["app_role"]
+    option = "--app-role" if options.get("app_role") is not None else "--witness-role"
+    role = options["app_role"] if option == "--app-role" else options["witness_role"]
     if len(role) > 63:
-        raise LedgerError(f"--app-role: {inputs.shown(role)} is longer than 63 characters")
-    for line in privileges.statements(role):
+        raise LedgerError(f"{option}: {inputs.shown(role)} is longer than 63 characters")
+    make = privileges.statements if option == "--app-role" else privileges.witness_statements
+    for line in make(role):
         out.line(line)
 
 
@@ -743,6 +760,8 @@ def print_run(report: RunReport, out: Output) -> None:
             _wrap(out, finding, "  ")
     if report.anchor:
         out.note("anchored the chain head after the projection (LEDGER_ANCHOR_LOG)")
+    elif report.anchor_problem:
+        _wrap(out, f"Not anchored: {report.anchor_problem}")
     if report.queued_recomputes and report.pending_recomputes:
         _wrap(
             out,

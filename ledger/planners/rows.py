@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from django.db import connection
 
+from ledger import digests
 from ledger.sql import table
 
 
@@ -60,20 +60,16 @@ def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
     ]
 
 
-def plan_digest(rows: Iterable[PlannedRow], presorted: bool = False) -> str:
-    """A digest over what would be flipped and what it expects, so apply can tell the plan was
-    not altered. Rows are taken in (entity_kind, entity_id) order; pass ``presorted`` when they
-    already are.
+def plan_digest(
+    rows: Iterable[PlannedRow], presorted: bool = False, fmt: int = digests.CURRENT_FORMAT
+) -> str:
+    """A digest over every column of the planned rows (:mod:`ledger.digests`), so apply and
+    ``verify`` can tell the plan was not altered. Rows are taken in (entity_kind, entity_id)
+    order; pass ``presorted`` when they already are.
     """
-    digest = hashlib.sha256()
     if not presorted:
         rows = sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
-    for row in rows:
-        digest.update(
-            f"{row.entity_kind}:{row.entity_id}:{row.from_status}:{row.to_status}:"
-            f"{row.excluded}:{row.completed_work_id}:{row.prev_event_id}:{row.members}\n".encode()
-        )
-    return digest.hexdigest()
+    return digests.plan_digest(rows, fmt)
 
 
 def fetch(sql: str, params: dict | list) -> list[tuple]:

@@ -135,14 +135,15 @@ def test_disabled_or_missing_trigger_fails(db):
         cursor.execute(f"ALTER TABLE {EVENTS} DISABLE TRIGGER {pgid}")
     report = verify.run_checks(["triggers"])
     assert [p.message for p in report.problems] == [
-        f"trigger ledger.CorrectionEvent:ledger_event_append_only on {EVENTS} is disabled, "
+        f"trigger ledger.CorrectionEvent:ledger_event_append_only on public.{EVENTS} is disabled, "
         "not enabled in the ordinary way"
     ]
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TRIGGER {pgid} ON {EVENTS}")
     report = verify.run_checks(["triggers"])
     assert [p.message for p in report.problems] == [
-        f"trigger ledger.CorrectionEvent:ledger_event_append_only is not installed on {EVENTS}"
+        f"trigger ledger.CorrectionEvent:ledger_event_append_only is not installed on "
+        f"public.{EVENTS}"
     ]
 
 

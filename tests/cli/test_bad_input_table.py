@@ -49,6 +49,18 @@ def case(name, *args, code, says, stdin=None, details=False) -> Case:
     return Case(name, args, code, says, stdin, details)
 
 
+def _intact_line() -> bytes:
+    """One event line whose hash holds (the ledger's first event, format 3)."""
+    from ledger import chain
+
+    line = {"id": 1, "batch_id": "6f1f3a0e-0000-4000-8000-000000000001", "entity_kind": "visit",
+            "entity_id": 1, "opportunity_id": 1, "from_status": "approved",
+            "to_status": "over_limit", "reason": "r", "recorded_at": "2026-01-01T00:00:00Z",
+            "hash_format": 3, "prev_hash": chain.GENESIS}  # fmt: skip
+    line["hash"] = chain.event_hash(chain.GENESIS, line)
+    return (json.dumps(line) + "\n").encode()
+
+
 FILES: dict[str, bytes | None] = {
     "binary": b"\x00\x01\x02\x03 binary",
     "nul.txt": b"12\n\x0034\n",
@@ -77,6 +89,21 @@ FILES: dict[str, bytes | None] = {
     "badcsv.csv": b"a,b,c\n1,2,3\n",
     "anchors-garbage.jsonl": b"not an anchor\n",
     "anchors-empty.jsonl": b"",
+    "anchors-one.jsonl": (
+        b'{"anchor":2,"at":"2026-01-01T00:00:00Z","event_id":1,"event_hash":"'
+        + b"0" * 64
+        + b'","events":1,"entry_id":null,"entry_hash":"'
+        + b"0" * 64
+        + b'","entries":0,"key_id":"0123456789abcdef","signature":"'
+        + b"0" * 64
+        + b'"}\n'
+    ),
+    "intact.jsonl": _intact_line(),
+    "future.jsonl": b'{"id": 1, "prev_hash": "'
+    + b"0" * 64
+    + b'", "hash": "'
+    + b"0" * 64
+    + b'", "hash_format": 9}\n',
 }
 
 
@@ -185,6 +212,26 @@ def _cases(w, tmp) -> list[Case]:
         case("schema of nothing", "schema", "nothing", code=USAGE, says="invalid choice"),
         case("recompute without target", "recompute", code=USAGE, says="required"),
         case("privileges without role", "privileges", code=USAGE, says="--app-role"),
+        case(
+            "privileges for two roles",
+            "privileges",
+            "--app-role",
+            "app",
+            "--witness-role",
+            "witness",
+            code=USAGE,
+            says="not allowed with",
+        ),
+        case(
+            "check-export: anchors and no anchors",
+            "check-export",
+            f["garbage.jsonl"],
+            "--anchors",
+            f["anchors-one.jsonl"],
+            "--no-anchors",
+            code=USAGE,
+            says="not allowed with",
+        ),
         case(
             "approve without digest",
             "approve",
@@ -619,6 +666,14 @@ def _cases(w, tmp) -> list[Case]:
             says="not a role name",
         ),
         case(
+            "witness role not a name",
+            "privileges",
+            "--witness-role",
+            "w; DROP",
+            code=BAD,
+            says="not a role name",
+        ),
+        case(
             "role huge",
             "privileges",
             "--app-role",
@@ -980,6 +1035,23 @@ def _cases(w, tmp) -> list[Case]:
             "verify: anchors binary", "verify", "--anchors", f["binary"], code=BAD, says="is binary"
         ),
         case("verify: anchors stdin", "verify", "--anchors", "-", code=BAD, says="takes a file"),
+        case(
+            "check-export: anchors without the key",
+            "check-export",
+            f["garbage.jsonl"],
+            "--anchors",
+            f["anchors-one.jsonl"],
+            code=BAD,
+            says="only be checked with the key",
+        ),
+        case(
+            "verify: anchors without the key",
+            "verify",
+            "--anchors",
+            f["anchors-one.jsonl"],
+            code=BAD,
+            says="only be checked with the key",
+        ),
         # ---- findings: the check ran and the file proves nothing, or is bad (exit 1) ----
         case(
             "check-export: empty file",
@@ -1015,6 +1087,21 @@ def _cases(w, tmp) -> list[Case]:
             f["nohash.jsonl"],
             code=FINDINGS,
             says="prev_hash or hash missing",
+        ),
+        case(
+            "check-export: unknown hash format",
+            "check-export",
+            f["future.jsonl"],
+            "--no-anchors",
+            code=FINDINGS,
+            says="unknown hash_format 9",
+        ),
+        case(
+            "check-export: not anchored",
+            "check-export",
+            f["intact.jsonl"],
+            code=FINDINGS,
+            says="no anchor covers any line",
         ),
         case(
             "check-export: wrong CSV",

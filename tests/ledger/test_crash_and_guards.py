@@ -164,7 +164,11 @@ def test_planned_changes_are_frozen_once_the_batch_leaves_planned(incident, run)
     opp = str(incident.opportunity_a.opportunity_id)
     batch = run("plan", "over-cap", "--opportunity", opp, "--reason", "x", "--json").json["batch"]
     change = PlannedChange.objects.filter(batch_id=batch).first()
-    PlannedChange.objects.filter(pk=change.pk).update(suspended=True)  # still planned: allowed
+    with transaction.atomic():  # still planned: the database allows it…
+        PlannedChange.objects.filter(pk=change.pk).update(suspended=not change.suspended)
+        refused = run("apply", "--batch", batch)  # …and apply refuses the altered plan
+        assert refused.code == 4 and "no longer match its plan digest" in refused.err
+        transaction.set_rollback(True)
     assert run("apply", "--batch", batch).code == 0
     with pytest.raises(DatabaseError), transaction.atomic():
         PlannedChange.objects.filter(pk=change.pk).update(to_status="approved")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_an_unknown_mode_is_a_configuration_error(settings):
     settings.LEDGER_RECOMPUTE = "threads"
-    assert [m.id for m in checks.check_recompute()] == ["ledger.E002"]
+    assert [m.id for m in checks.check_recompute()] == ["ledger.E003"]
     settings.LEDGER_RECOMPUTE = "celery"
     assert checks.check_recompute() == []
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0008_planned_change_paid_invoiced'),
+        ('ledger', '0009_pinned_guards_lifecycle_formats'),
     ]
 
     operations = [

@@ -1,0 +1,148 @@
+"""``plans``: every batch's digest recomputes from its planned changes, and each applied
+batch's events are its planned changes, less its recorded skips.
+
+An undo batch applied in one step has no planned changes (its events are held to the batch it
+reverts by ``batches`` and ``continuity``); one that was planned is held to its plan like any
+other batch."""
+
+from __future__ import annotations
+
+from ledger import digests
+from ledger.verify.common import MAX_PROBLEMS_PER_CHECK, Problem, Result, fetchall, scalar, tables
+
+# Batches held to a plan: every batch but an undo applied in one step (no planned changes).
+_PLANNED = """(b.planner <> 'undo' OR EXISTS (SELECT 1 FROM {planned} x WHERE x.batch_id = b.id))"""
+
+
+def check_plans() -> Result:
+    """Each batch's digest, then each applied batch's events against its planned changes and
+    its recorded skips."""
+    t = tables()
+    total, problems = digest_problems()
+    more, found = plan_event_problems()
+    checked = scalar(
+        f"SELECT count(*) FROM {t['batch']} b WHERE {_PLANNED.format(planned=t['planned'])}"
+    )
+    return checked, total + more, (problems + found)[:MAX_PROBLEMS_PER_CHECK], ""
+
+
+def plan_event_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
+    """Each applied batch held to a plan (of ``batch_ids``, or all): its events are exactly
+    its planned changes, less the units it recorded as skipped."""
+    t = tables()
+    held = _PLANNED.format(planned=t["planned"])
+    where, params = ("AND b.id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    rows = fetchall(
+        f"""
+        WITH applied AS (
+            SELECT b.id, b.skipped_conflicts FROM {t["batch"]} b
+            WHERE {held} AND b.state IN ('applied', 'partially_undone', 'undone') {where}
+        ),
+        skipped AS (
+            SELECT a.id AS batch_id,
+                   CASE WHEN c->>'completed_work_id' IS NOT NULL
+                        THEN 'completed_work' ELSE c->>'entity_kind' END AS kind,
+                   COALESCE((c->>'completed_work_id')::bigint, (c->>'entity_id')::bigint) AS unit
+            FROM applied a
+            CROSS JOIN LATERAL jsonb_array_elements(
+                CASE WHEN jsonb_typeof(a.skipped_conflicts) = 'array'
+                     THEN a.skipped_conflicts ELSE '[]'::jsonb END
+            ) c
+        ),
+        planned AS (
+            SELECT p.batch_id, p.entity_kind, p.entity_id, p.completed_work_id, p.from_status,
+                   p.to_status
+            FROM {t["planned"]} p JOIN applied a ON a.id = p.batch_id
+            WHERE p.excluded = ''
+        ),
+        done AS (
+            SELECT e.batch_id, e.entity_kind, e.entity_id, e.from_status, e.to_status
+            FROM {t["event"]} e JOIN applied a ON a.id = e.batch_id
+        ),
+        missing AS (
+            SELECT p.batch_id, p.entity_kind, p.entity_id, 'planned, no event' AS what
+            FROM planned p
+            WHERE NOT EXISTS (
+                SELECT 1 FROM done d WHERE d.batch_id = p.batch_id
+                  AND d.entity_kind = p.entity_kind AND d.entity_id = p.entity_id
+                  AND d.from_status = p.from_status AND d.to_status = p.to_status)
+              AND NOT EXISTS (
+                SELECT 1 FROM skipped s WHERE s.batch_id = p.batch_id
+                  AND ((p.completed_work_id IS NOT NULL AND s.kind = 'completed_work'
+                        AND s.unit = p.completed_work_id)
+                       OR (p.completed_work_id IS NULL AND s.kind = p.entity_kind
+                           AND s.unit = p.entity_id)))
+        ),
+        extra AS (
+            SELECT d.batch_id, d.entity_kind, d.entity_id, 'event, not planned' AS what
+            FROM done d
+            WHERE NOT EXISTS (
+                SELECT 1 FROM planned p WHERE p.batch_id = d.batch_id
+                  AND p.entity_kind = d.entity_kind AND p.entity_id = d.entity_id
+                  AND p.from_status = d.from_status AND p.to_status = d.to_status)
+        )
+        SELECT *, count(*) OVER () FROM (SELECT * FROM missing UNION ALL SELECT * FROM extra) x
+        ORDER BY batch_id, entity_kind, entity_id LIMIT %s
+        """,
+        [*params, MAX_PROBLEMS_PER_CHECK],
+    )
+    problems = [
+        Problem(
+            check="plans",
+            batch=str(batch),
+            entity_kind=kind,
+            entity_id=entity_id,
+            message=(
+                f"batch {batch}: {kind} {entity_id} was planned and not skipped, but has no event"
+                if what == "planned, no event"
+                else f"batch {batch}: event for {kind} {entity_id} that was never planned"
+            ),
+        )
+        for batch, kind, entity_id, what, _ in rows
+    ]
+    return (rows[0][4] if rows else 0), problems
+
+
+def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
+    """Every batch held to a plan (of ``batch_ids``, or all): its ``plan_digest`` recomputed
+    in the database from its planned changes, in the format the batch records."""
+    t = tables()
+    lines = digests.sql_digest_lines("p")
+    where, params = ("AND b.id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    rows = fetchall(
+        f"""
+        SELECT id, digest_format, plan_digest, computed, changes, count(*) OVER ()
+        FROM (
+            SELECT b.id, b.digest_format, b.plan_digest, b.created_at, count(p.id) AS changes,
+                   encode(sha256(convert_to(
+                       CASE b.digest_format WHEN 1 THEN {digests.sql_prefix(1)}
+                                            WHEN 2 THEN {digests.sql_prefix(2)} END
+                       || COALESCE(string_agg(
+                              CASE b.digest_format WHEN 1 THEN {lines[1]} ELSE {lines[2]} END,
+                              '' ORDER BY {digests.sql_order("p")}), ''),
+                       'UTF8')), 'hex') AS computed
+            FROM {t["batch"]} b LEFT JOIN {t["planned"]} p ON p.batch_id = b.id
+            WHERE {_PLANNED.format(planned=t["planned"])} {where}
+            GROUP BY b.id
+        ) s
+        WHERE computed IS DISTINCT FROM plan_digest
+        ORDER BY created_at, id LIMIT %s
+        """,
+        [*params, MAX_PROBLEMS_PER_CHECK],
+    )
+    problems = [
+        Problem(
+            check="plans",
+            batch=str(batch),
+            message=(
+                f"batch {batch}: plan digest format {fmt} is unknown"
+                if fmt not in digests.FORMATS
+                else f"batch {batch}: its {changes} planned changes do not give its plan digest "
+                "(altered since it was planned)"
+            ),
+            expected=stored,
+            found=computed,
+        )
+        for batch, fmt, stored, computed, changes, _ in rows
+    ]
+    return (rows[0][5] if rows else 0), problems
