@@ -66,13 +66,16 @@ def start_broker(folder: Path):
 class Worker:
     """One ``celery worker`` process group; its log is kept for the test to read."""
 
-    def __init__(self, broker: str, database: str, log: Path, concurrency: int = 1) -> None:
+    def __init__(
+        self, broker: str, database: str, log: Path, concurrency: int = 1, **settings: str
+    ) -> None:
         self.log = log
         env = {
             **os.environ,
             "DATABASE_NAME": database,
             "CELERY_BROKER_URL": broker,
             "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            **settings,
         }
         self.handle = open(log, "w")  # noqa: SIM115 - closed in stop()/kill()
         self.process = subprocess.Popen(

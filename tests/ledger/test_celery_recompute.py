@@ -51,12 +51,13 @@ def start_worker(broker, queue, transactional_db, tmp_path):
     """Start worker processes on the test database; all are stopped before the flush."""
     workers: list[Worker] = []
 
-    def start(concurrency: int = 1) -> Worker:
+    def start(concurrency: int = 1, **settings: str) -> Worker:
         worker = Worker(
             broker,
             connection.settings_dict["NAME"],
             tmp_path / f"worker-{len(workers)}.log",
             concurrency,
+            **settings,
         )
         workers.append(worker)
         worker.wait_ready()
@@ -329,7 +330,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing(make_capped_access, celery_mode
     services.apply_batch(batch)  # queued; no worker yet
     lock = HeldWork(held.pk)  # the worker stops there for up to LEDGER_ACCESS_LOCK_WAIT
     try:
-        first = start_worker()
+        first = start_worker(LEDGER_ACCESS_LOCK_WAIT="20")
 
         def stuck_in_the_middle() -> bool:
             rows = _rows(batch)
