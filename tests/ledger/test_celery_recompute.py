@@ -107,6 +107,18 @@ def _task_results(worker: Worker) -> list[dict]:
     ]  # fmt: skip
 
 
+def _admin_batch_page(batch: str) -> str:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.urls import reverse
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="ledger-test"))
+    response = client.get(reverse("admin:ledger_correctionbatch_change", args=[batch]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
 class HeldWork:
     """Another session holds one of an access's works, as a submission in flight does."""
 
@@ -253,6 +265,9 @@ def test_a_busy_access_is_queued_again_and_finished_later(
         shown = json.loads(run("show", "--batch", batch, "--json").out)["batch"]
         assert (shown["recomputes_busy"], shown["recomputes_queued"]) == (1, 1)
         assert "2 done, 1 pending (1 queued, 1 busy)" in run("show", "--batch", batch).out
+        page = _admin_batch_page(batch)
+        assert "2 done, 1 pending (1 queued, 1 busy)" in page
+        assert "last problem (access" in page and "held by live traffic" in page
     finally:
         lock.release()
     wait_until(lambda: _all_done(batch), what="the busy access finished after its release")
