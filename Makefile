@@ -10,7 +10,8 @@ BENCH_VISITS ?= 1000000
 
 REQUIREMENTS := pyproject.toml requirements/standalone.txt requirements/dev.txt
 
-.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small clean-db venv wheel test-wheel host-test
+.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small clean-db venv wheel test-wheel host-test \
+	worker worker-stop
 
 venv: $(STAMP)
 
@@ -31,6 +32,38 @@ demo: $(STAMP)
 	LEDGER_ANCHOR_KEY=$${LEDGER_ANCHOR_KEY:-$$($(PY) -c "import secrets; print(secrets.token_hex(32))")} \
 	LEDGER_ANCHOR_LOG=$${LEDGER_ANCHOR_LOG:-.anchors/demo-$$(date +%Y%m%dT%H%M%S).jsonl} \
 	$(PY) manage.py incident_demo
+
+# Celery workers for the accrual recomputes: WORKERS processes on a Redis broker — CELERY_BROKER_URL
+# when set, else the machine's Redis (MACHINE_REDIS, database WORKER_REDIS_DB), else a
+# redis-server started here on WORKER_REDIS_PORT (data in .redis/; make worker-stop stops it).
+# Commands run with the same CELERY_BROKER_URL (and DATABASE_NAME) queue their recomputes to them.
+WORKERS ?= 2
+MACHINE_REDIS ?= 127.0.0.1:6379
+WORKER_REDIS_DB ?= 1
+WORKER_REDIS_PORT ?= 6391
+worker: $(STAMP)
+	@url="$${CELERY_BROKER_URL:-}"; \
+	if [ -z "$$url" ] && $(PY) -c "import redis, sys; host, port = sys.argv[1].split(':'); \
+			redis.Redis(host, int(port), socket_connect_timeout=1).ping()" \
+			$(MACHINE_REDIS) 2>/dev/null; then \
+		url="redis://$(MACHINE_REDIS)/$(WORKER_REDIS_DB)"; \
+	fi; \
+	if [ -z "$$url" ]; then \
+		command -v redis-server >/dev/null || { echo "make worker: no CELERY_BROKER_URL, no" \
+			"Redis at $(MACHINE_REDIS) and no redis-server to start" >&2; exit 1; }; \
+		mkdir -p .redis; \
+		redis-server --port $(WORKER_REDIS_PORT) --bind 127.0.0.1 --dir $(CURDIR)/.redis \
+			--save "" --appendonly no --daemonize yes --pidfile $(CURDIR)/.redis/redis.pid \
+			--logfile $(CURDIR)/.redis/redis.log; \
+		url="redis://127.0.0.1:$(WORKER_REDIS_PORT)/0"; \
+	fi; \
+	echo "make worker: $(WORKERS) worker processes on $$url, database" \
+		"$${DATABASE_NAME:-postgres}; queue recomputes with CELERY_BROKER_URL=$$url"; \
+	CELERY_BROKER_URL="$$url" exec $(VENV)/bin/celery -A commcare_connect.celery_app worker \
+		--concurrency $(WORKERS) --loglevel INFO
+
+worker-stop:
+	@if [ -f .redis/redis.pid ]; then kill "$$(cat .redis/redis.pid)" && rm -f .redis/redis.pid; fi
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

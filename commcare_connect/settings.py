@@ -135,6 +135,29 @@ if os.environ.get("REDIS_URL"):
 else:
     LEDGER_ACCESS_LOCK = "commcare_connect.ledger_hooks.lock_accesses_for_transaction"
 
+# Celery, as the host configures it (config/settings/base.py reads CELERY_*): JSON only, one
+# message at a time per worker process. Without CELERY_BROKER_URL nothing is queued: the ledger
+# recomputes accruals in the applying process (LEDGER_RECOMPUTE = "inline"); with it, apply and
+# undo queue them to the workers `make worker` starts. A message a dead worker took comes back
+# after the visibility timeout (seconds), so it must outlast the longest task.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or None
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+_VISIBILITY_TIMEOUT = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT") or 3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # Look for a dead worker's messages about ten times per visibility timeout.
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 10)),
+    "unacked_restore_throttle": 1,
+}
+LEDGER_RECOMPUTE = os.environ.get("LEDGER_RECOMPUTE") or (
+    "celery" if CELERY_BROKER_URL else "inline"
+)
+
 # The ledger's external anchors: the signing key and the log live outside the database and the
 # repository; set them in the environment (the demo makes a throwaway key per run).
 LEDGER_ANCHOR_KEY = os.environ.get("LEDGER_ANCHOR_KEY") or None

@@ -45,3 +45,29 @@ def check_anchor_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         )
         for problem in anchors.configuration_problems()
     ]
+
+
+@checks.register()
+def check_recompute(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from ledger.recomputes import MODES
+
+    mode = conf.get("RECOMPUTE")
+    if mode not in MODES:
+        return [
+            checks.Error(
+                f"LEDGER_RECOMPUTE = {mode!r}: it is one of {', '.join(map(repr, MODES))}",
+                id="ledger.E003",
+            )
+        ]
+    if mode == "celery":
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            return [
+                checks.Error(
+                    "LEDGER_RECOMPUTE = 'celery' but Celery is not installed",
+                    hint="pip install 'commcare-correction-ledger[celery]', or keep 'inline'.",
+                    id="ledger.E004",
+                )
+            ]
+    return []

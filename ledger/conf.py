@@ -21,6 +21,11 @@ DEFAULTS: dict[str, Any] = {
     "RECOMPUTE_LOCK_TIMEOUT_MS": 200,
     # Seconds apply, undo and pricing keep retrying while live traffic holds what they need.
     "RETRY_SECONDS": 300.0,
+    # Where the accrual recomputes after an apply or undo run: "inline" (in the applying
+    # process) or "celery" (queued on commit to the host's Celery workers, ledger.tasks).
+    "RECOMPUTE": "inline",
+    # Accesses per Celery task when recomputes are queued.
+    "RECOMPUTE_CHUNK": 10,
     # Apply refuses a batch nobody but its planner has reviewed (corrections approve).
     "REQUIRE_APPROVAL": True,
     # Username used when --operator is not given (a test suite's or a single-user setup's);

@@ -56,8 +56,11 @@ __all__ = [
     "VisitReviewStatus",
     "VisitValidationStatus",
     "access_lock",
+    "accesses_for_recompute",
+    "bulk_update_payment_accrued",
     "currency_codes",
     "recompute_access",
+    "recompute_loaded",
     "simulate_recompute",
 ]
 
@@ -93,20 +96,41 @@ def simulate_recompute(access: OpportunityAccess) -> int:
     return scratch.payment_accrued
 
 
-def recompute_access(access_id: int) -> int | None:
-    """The host's full recompute of one access; its new ``payment_accrued`` (None: no access).
+def accesses_for_recompute():
+    """Accesses read with what the host's recompute reads of them: the opportunity and its
+    currency (one query for what would otherwise be three)."""
+    return OpportunityAccess.objects.select_related("opportunity__currency")
 
-    ``incremental=False`` because the incremental mode skips works accrued before and since
-    corrected, which is exactly what a correction changes.
-    """
-    access = OpportunityAccess.objects.select_related("opportunity").filter(pk=access_id).first()
+
+def recompute_access(access_id: int) -> int | None:
+    """The host's full recompute of one access; its new ``payment_accrued`` (None: no access)."""
+    access = accesses_for_recompute().filter(pk=access_id).first()
     if access is None:
         return None
+    return recompute_loaded(access)
+
+
+def recompute_loaded(access: OpportunityAccess) -> int:
+    """The host's full recompute of an access the caller has just read; its new accrual.
+
+    ``incremental=False`` because the incremental mode skips works accrued before and since
+    corrected, which is exactly what a correction changes. The host saves the whole access
+    object from memory, so it must be read in the recompute's transaction, not earlier.
+    """
     update_payment_accrued_for_user(access, incremental=False)
     return access.payment_accrued
 
 
 Release = Callable[[], None]
+
+
+def bulk_update_payment_accrued(opportunity_id: int, user_ids: list[int]) -> None:
+    """The host's own bulk accrual task (``opportunity.tasks``), run here and now: what the host
+    queues after an import. The ledger never calls it; the contract suite checks that the
+    ledger's recompute leaves nothing for it to change."""
+    from commcare_connect.opportunity.tasks import bulk_update_payment_accrued as task
+
+    task(opportunity_id, user_ids)
 
 
 def access_lock() -> Callable[[Sequence[int], float], Release] | None:

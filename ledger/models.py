@@ -67,6 +67,13 @@ class RecomputeState(models.TextChoices):
     done = "done", "Done"
 
 
+class RecomputeProblem(models.TextChoices):
+    """Why a recompute's last attempt did not finish it."""
+
+    busy = "busy"  # live traffic held its rows or lock, or the lock backend was unreachable
+    failed = "failed"  # the host's recompute raised; tried again only by a new run
+
+
 class CorrectionBatch(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     planner = models.CharField(max_length=20, choices=Planner.choices)
@@ -387,6 +394,23 @@ class AccrualRecompute(models.Model):
     projected_after = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     done_at = models.DateTimeField(null=True, blank=True)
+    # Bookkeeping of the attempts that did not finish it (a done row keeps its history).
+    attempts = models.IntegerField(
+        db_default=0, default=0, help_text="Recompute attempts that did not finish it."
+    )
+    last_problem = models.CharField(
+        max_length=10,
+        choices=RecomputeProblem.choices,
+        db_default="",
+        default="",
+        blank=True,
+        help_text="Why the last attempt did not finish it: busy (tried again) or failed.",
+    )
+    last_error = models.TextField(db_default="", default="", blank=True)
+    last_tried_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was last handed to the task queue."
+    )
 
     class Meta:
         constraints = [

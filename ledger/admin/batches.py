@@ -28,6 +28,7 @@ from ledger.admin.base import (
 from ledger.admin.lookups import choice_filter
 from ledger.admin.search import any_of, uuid_condition
 from ledger.models import (
+    AccrualRecompute,
     BatchEntry,
     BatchState,
     CorrectionBatch,
@@ -35,6 +36,7 @@ from ledger.models import (
     EntityKind,
     PlannedChange,
     Planner,
+    RecomputeState,
 )
 
 EVENTS_ON_BATCH_PAGE = 50
@@ -195,6 +197,27 @@ class CorrectionBatchAdmin(ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+def _recomputes(batch: CorrectionBatch, row: selectors.BatchRow):
+    """Recompute progress (done, pending, queued, busy, failed), linked to the rows, and the
+    latest problem recorded on a pending one."""
+    text = format_html(
+        '<a href="{}">{}</a>',
+        admin_url("admin:ledger_accrualrecompute_changelist", query={"batch__id__exact": batch.pk}),
+        selectors.describe_recomputes(row),
+    )
+    if row.recomputes_pending:
+        last = (
+            AccrualRecompute.objects.filter(batch=batch, state=RecomputeState.pending)
+            .exclude(last_error="")
+            .order_by("-last_tried_at")
+            .values_list("access_id", "last_error")
+            .first()
+        )
+        if last:
+            text = format_html("{}; last problem (access {}): {}", text, *last)
+    return text
+
+
 def _details(text: str) -> list[tuple[str, str]]:
     """A lifecycle entry's canonical JSON as short (key, value) pairs."""
     try:
@@ -293,7 +316,7 @@ def _header(batch: CorrectionBatch, row: selectors.BatchRow, undos: list[dict]) 
             '<a href="{}">{} events</a>: {} visits, {} completed works, {} accesses',
             events_url(batch__id__exact=batch.pk), row.events, row.visits, row.works,
             row.accesses)),
-        ("accrual recomputes", f"{row.recomputes_done} done, {row.recomputes_pending} pending"),
+        ("accrual recomputes", _recomputes(batch, row)),
     ]  # fmt: skip
 
 

@@ -210,6 +210,11 @@ class AccrualRecomputeAdmin(ReadOnlyAdmin):
         "change",
         "created",
         "done",
+        "attempts",
+        "last_problem",
+        "last_error",
+        "last_tried_at",
+        "queued_at",
     )
     readonly_fields = fields
 

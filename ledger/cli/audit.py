@@ -13,7 +13,7 @@ import msgspec
 from ledger import export, selectors, verify
 from ledger.cli import inputs
 from ledger.cli.failure import Findings
-from ledger.cli.operate import plan_from_summary, print_money
+from ledger.cli.operate import _wrap, plan_from_summary, print_money
 from ledger.cli.output import Output, OutputClosed, clip
 from ledger.errors import LedgerError
 from ledger.files import require_regular_file
@@ -394,7 +394,7 @@ def handle_show(options: dict, out: Output) -> None:
         ("event ids", f"{detail.first_event_id}–{detail.last_event_id}" if b.events else "—"),
         ("first prev_hash", detail.first_prev_hash or "—"),
         ("last hash", detail.last_hash or "—"),
-        ("recomputes", f"{b.recomputes_done} done, {b.recomputes_pending} pending"),
+        ("recomputes", selectors.describe_recomputes(b)),
         ("skipped conflicts", str(b.skipped_conflicts)),
     ]
     if approved and approved[0]:
@@ -426,13 +426,27 @@ def handle_show(options: dict, out: Output) -> None:
         out.line("")
         out.line("Accrual recomputes:")
         out.table(
-            ["access", "opportunity", "state", "accrual before", "projected", "after", "done at"],
+            ["access", "opportunity", "state", "accrual before", "projected", "after", "done at",
+             "tries"],
             [
-                (r.access_id, r.opportunity_id, r.state, r.accrual_before, r.projected_after,
-                 r.accrual_after, _stamp(r.done_at, out))
+                (r.access_id, r.opportunity_id, recompute_state(r), r.accrual_before,
+                 r.projected_after, r.accrual_after, _stamp(r.done_at, out), r.attempts or "")
                 for r in detail.recomputes
             ],
         )  # fmt: skip
+        problems = [r for r in detail.recomputes if r.state == "pending" and r.last_error]
+        if problems:
+            last = max(problems, key=lambda r: r.last_tried_at or r.created_at)
+            _wrap(out, f"Last problem (access {last.access_id}): {last.last_error}")
+
+
+def recompute_state(r) -> str:
+    """A recompute row's state, with why a pending one waits: ``pending, busy``."""
+    if r.state != "pending":
+        return r.state
+    if r.last_problem:
+        return f"pending, {r.last_problem}"
+    return "pending, queued" if r.queued_at else "pending"
 
 
 # --------------------------------------------------------------------------------------------

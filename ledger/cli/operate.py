@@ -157,6 +157,7 @@ def add_parsers(subparsers) -> None:
     )
     _batch(apply)
     _skip_conflicts(apply)
+    _wait(apply)
     _common(apply)
     apply.set_defaults(handler=handle_apply)
 
@@ -175,6 +176,7 @@ def add_parsers(subparsers) -> None:
         help=f"Why it is undone (at most {inputs.MAX_REASON} characters).",
     )
     _skip_conflicts(undo)
+    _wait(undo)
     _common(undo)
     undo.set_defaults(handler=handle_undo)
 
@@ -261,6 +263,17 @@ def _skip_conflicts(parser) -> None:
         action="store_true",
         help="Leave alone the units (a work with its visits) whose status changed since the "
         "plan, recording them in the batch; without it, any conflict refuses the whole batch.",
+    )
+
+
+def _wait(parser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help='When recomputes are queued to Celery workers (LEDGER_RECOMPUTE = "celery"), '
+        "wait for them with a progress bar on stderr: exit 0 once all are done, 1 with what "
+        "is left pending. The wait gives up when none has finished for LEDGER_RETRY_SECONDS. "
+        "Recomputes run in this process are finished before it returns anyway.",
     )
 
 
@@ -384,19 +397,43 @@ def handle_plan_undo(options: dict, out: Output) -> None:
     print_plan(report, out)
 
 
-def _committed(report: RunReport) -> None:
+def _committed(report: RunReport, waited: bool) -> None:
     """After a committed apply or undo: recomputes left pending, and a head the witness
-    refused to anchor, are findings (exit 1)."""
+    refused to anchor, are findings (exit 1) — but not recomputes queued to the workers,
+    unless the command waited for them (``--wait``)."""
     verb = "undo" if report.action == "undo" else "apply"
-    if report.pending_recomputes:
+    left = report.pending_recomputes
+    if not waited:
+        left -= report.queued_recomputes
+    if left > 0:
         raise Findings(
-            f"{report.pending_recomputes} recomputes pending: the {verb} of batch "
+            f"{left} recomputes pending: the {verb} of batch "
             f"{report.reverts or report.batch} committed; finish them with "
             "./manage.py corrections recompute --pending"
         )
     if report.anchor_problem:
         raise Findings(f"the {verb} of batch {report.reverts or report.batch} committed; the "
                        f"chain head was not anchored: {report.anchor_problem}")  # fmt: skip
+
+
+def _finish(report: RunReport, options: dict, out: Output) -> None:
+    """Wait for queued recomputes when asked, print the report, and exit as it says."""
+    waited = bool(options.get("wait")) and report.recompute == "queued"
+    if waited:
+        from ledger.cli.waiting import RecomputeBar
+
+        out.note(
+            f"waiting for {report.queued_recomputes} queued recomputes of batch "
+            f"{out.short(report.batch)}"
+        )
+        out.progress.clear()
+        bar = RecomputeBar(out)
+        try:
+            report = services.wait_for_recomputes(report, progress=bar)
+        finally:
+            bar.close()
+    print_run(report, out)
+    _committed(report, waited)
 
 
 def handle_apply(options: dict, out: Output) -> None:
@@ -409,8 +446,7 @@ def handle_apply(options: dict, out: Output) -> None:
         skip_conflicts=options["skip_conflicts"],
         progress=out.progress,
     )
-    print_run(report, out)
-    _committed(report)
+    _finish(report, options, out)
 
 
 def handle_undo(options: dict, out: Output) -> None:
@@ -425,8 +461,7 @@ def handle_undo(options: dict, out: Output) -> None:
         skip_conflicts=options["skip_conflicts"],
         progress=out.progress,
     )
-    print_run(report, out)  # committed; accrual differences are findings, not failure
-    _committed(report)
+    _finish(report, options, out)  # committed; accrual differences are findings, not failure
 
 
 def handle_approve(options: dict, out: Output) -> None:
@@ -727,6 +762,13 @@ def print_run(report: RunReport, out: Output) -> None:
         out.note("anchored the chain head after the projection (LEDGER_ANCHOR_LOG)")
     elif report.anchor_problem:
         _wrap(out, f"Not anchored: {report.anchor_problem}")
+    if report.queued_recomputes and report.pending_recomputes:
+        _wrap(
+            out,
+            f"Recomputes: {report.queued_recomputes} of {report.pending_recomputes} pending are "
+            f"queued to the Celery workers; follow them with corrections show --batch "
+            f"{out.short(report.batch)}, or wait for them with --wait.",
+        )
     _print_pending(report, out)
 
 

@@ -105,6 +105,11 @@ class Progress:
             self._thread.start()
         self.tick()
 
+    def clear(self) -> None:
+        """No current status any more (another display, a progress bar, takes over)."""
+        with self._lock:
+            self._status = None
+
     def tick(self) -> None:
         """Print the current status if it is due (called by the ticker thread)."""
         with self._lock:
