@@ -65,7 +65,7 @@ from ledger.sql import (
     table,
 )
 from ledger.sql import cursor as sql_cursor
-from ledger.state import batches_of, unit_of
+from ledger.state import batches_of, members_text, parse_members, unit_of
 
 VISIT = EntityKind.visit.value
 WORK = EntityKind.completed_work.value
@@ -168,8 +168,9 @@ def _stream_sql(undo: bool) -> str:
 
     Columns: kind, id, work, opportunity, access, xform, from, to, expected event, expected
     visits, found, status now, work now, stamp now, latest event, latest event still in force
-    (undo only, where the inverted event is not the latest), visits now and after the flip
-    (works), the stamp an undo restores.
+    (undo only, where the inverted event is not the latest), visits now (works), the stamp an
+    undo restores. ``OFFSET 0`` keeps the inner query whole, so each entity's latest event is
+    looked up once.
     """
     events, works, visits = table(CorrectionEvent), table(CompletedWork), table(UserVisit)
     planned = table(PlannedChange)
@@ -201,14 +202,6 @@ def _stream_sql(undo: bool) -> str:
                        SELECT string_agg(m.id::text || ':' || m.status, ',' ORDER BY m.id)
                        FROM {visits} m WHERE m.completed_work_id = p.entity_id) END
                        AS members_now,
-                   CASE WHEN p.entity_kind = 'completed_work' THEN (
-                       SELECT string_agg(m.id::text || ':' || COALESCE(pv.to_status, m.status),
-                                         ',' ORDER BY m.id)
-                       FROM {visits} m
-                       LEFT JOIN {planned} pv
-                              ON pv.batch_id = p.batch_id AND pv.entity_kind = 'visit'
-                             AND pv.entity_id = m.id AND pv.excluded = ''
-                       WHERE m.completed_work_id = p.entity_id) END AS members_after,
                    {restore} AS restore,
                    CASE WHEN p.completed_work_id IS NOT NULL THEN 'completed_work'
                         ELSE p.entity_kind END AS unit_kind,
@@ -218,6 +211,7 @@ def _stream_sql(undo: bool) -> str:
             LEFT JOIN {visits} v ON p.entity_kind = 'visit' AND v.id = p.entity_id
             {inverted}
             WHERE p.batch_id = %s AND p.excluded = ''
+            OFFSET 0
         ) s
         ORDER BY s.unit_kind, s.unit_id, s.entity_kind, s.entity_id"""
 
@@ -225,8 +219,7 @@ def _stream_sql(undo: bool) -> str:
 _COLUMNS = (
     "entity_kind", "entity_id", "completed_work_id", "opportunity_id", "access_id", "xform_id",
     "from_status", "to_status", "prev_event_id", "members", "found", "status_now", "work_now",
-    "stamp_now", "latest_now", "members_now", "members_after", "restore", "unit_kind",
-    "unit_id", "live_now",
+    "stamp_now", "latest_now", "members_now", "restore", "unit_kind", "unit_id", "live_now",
 )  # fmt: skip
 _AT = {name: i for i, name in enumerate(_COLUMNS)}
 KIND, ID, WORK_ID, FROM, TO, EXPECTED_EVENT, MEMBERS = (
@@ -292,6 +285,16 @@ def _conflicts_of(unit: list[tuple], undo: bool, locked: _Locked) -> list[tuple]
         for row in unit
         for what, expected, found in _differences(row, undo, locked)
     ]
+
+
+def _members_after(now: str | None, flipped: dict[int, str]) -> str:
+    """A work's visits after the flip (what its event records): as now, with the unit's
+    flipped visits at their new status."""
+    members = parse_members(now)
+    for pk, status in flipped.items():
+        if pk in members:
+            members[pk] = status
+    return members_text(members)
 
 
 def _as_conflicts(found: list[tuple], undo: bool) -> list[Conflict]:
@@ -474,6 +477,7 @@ def project(
                 continue
             if found and not skip_conflicts:
                 continue  # refused anyway: only the conflicts are still of interest
+            flipped = {row[ID]: row[TO] for row in unit if row[KIND] == VISIT}
             for row in unit:
                 is_work = row[KIND] == WORK
                 stamp = row[_AT["restore"]] if undo else now_at
@@ -482,7 +486,7 @@ def project(
                     row[_AT["access_id"]], row[_AT["xform_id"]], row[FROM], row[TO], reason,
                     row[EXPECTED_EVENT] if undo else None,
                     row[_AT["stamp_now"]], stamp, now_at, row[_AT["latest_now"]],
-                    (row[_AT["members_after"]] or "") if is_work else None,
+                    _members_after(row[_AT["members_now"]], flipped) if is_work else None,
                 ))  # fmt: skip
                 result.events += 1
                 result.visits += not is_work
