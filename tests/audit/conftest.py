@@ -265,8 +265,18 @@ def roles(db):
     sql(f"CREATE ROLE {app} NOSUPERUSER NOLOGIN")
     sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app}")
     sql("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks must not be pending for ALTER
+    others = sql(
+        """SELECT pid, state, wait_event_type, wait_event, backend_start, left(query, 200)
+           FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+    )
     for table in LEDGER_TABLES:
-        sql(f"ALTER TABLE {table} OWNER TO {owner}")
+        try:
+            sql(f"ALTER TABLE {table} OWNER TO {owner}")
+        except Exception as error:
+            # The tables change owner inside the test's transaction: a session left behind by
+            # another test and waiting on this one would deadlock it. Name it.
+            raise AssertionError(f"ALTER TABLE {table} failed ({error}); other sessions: {others}")
     for (function,) in sql(
         "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t "
         "WHERE t.tgrelid = ANY(%s::regclass[]) AND NOT t.tgisinternal",
