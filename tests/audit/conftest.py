@@ -276,7 +276,9 @@ def roles(db):
         except Exception as error:
             # The tables change owner inside the test's transaction: a session left behind by
             # another test and waiting on this one would deadlock it. Name it.
-            raise AssertionError(f"ALTER TABLE {table} failed ({error}); other sessions: {others}")
+            raise AssertionError(
+                f"ALTER TABLE {table} failed ({error}); other sessions: {others}"
+            ) from error
     for (function,) in sql(
         "SELECT DISTINCT t.tgfoid::regprocedure::text FROM pg_trigger t "
         "WHERE t.tgrelid = ANY(%s::regclass[]) AND NOT t.tgisinternal",
