@@ -95,11 +95,26 @@ def _sql_text(name: str, alias: str) -> str:
     return f"{alias}.{name}::text"
 
 
+# Integer columns: their text is ASCII digits and never empty, so only NULL needs the '-'
+# and the length in bytes is the length in characters.
+_INTEGERS = frozenset({"entity_id", "completed_work_id", "opportunity_id", "access_id",
+                       "prev_event_id"})  # fmt: skip
+
+
+def _sql_v2_field(name: str, alias: str) -> str:
+    if name in _BOOLEANS:  # never NULL, never empty: 4:true or 5:false
+        return f"CASE WHEN {alias}.{name} THEN '4:true' ELSE '5:false' END"
+    if name in _INTEGERS:
+        text = _sql_text(name, alias)
+        return f"COALESCE(length({text})::text || ':' || {text}, '-')"
+    return _sql_part(_sql_text(name, alias))
+
+
 def sql_digest_lines(alias: str = "p") -> dict[int, str]:
     """Per format, SQL for one planned change's digested text; aggregate it with
     :data:`SQL_ORDER` and prefix :func:`sql_prefix`."""
     v1 = " || ':' || ".join(f"COALESCE({alias}.{name}::text, 'None')" for name in _V1_FIELDS)
-    v2 = " || ".join(_sql_part(_sql_text(name, alias)) for name in FIELDS_V2)
+    v2 = " || ".join(_sql_v2_field(name, alias) for name in FIELDS_V2)
     return {1: f"{v1} || chr(10)", 2: v2}
 
 

@@ -25,28 +25,51 @@ def event_chain_problems(
     and ``recorded_at`` never decreases (the first's predecessor was recorded at
     ``after_recorded_at``). Returns the total count of problems and the first ones."""
     t = tables()
-    sql = f"""
-        SELECT id, prev_hash, hash, hash_format, expected_prev, computed, recorded_at, before,
-               count(*) OVER () AS total
-        FROM (
-            SELECT e.id, e.prev_hash, e.hash, e.hash_format, e.recorded_at,
-                   COALESCE(lag(e.hash) OVER w, %s) AS expected_prev,
-                   COALESCE(lag(e.recorded_at) OVER w, %s) AS before,
-                   {chain.sql_hash_expression("e")} AS computed
-            FROM {t["event"]} e
-            WHERE e.id > %s
-            WINDOW w AS (ORDER BY e.id)
-        ) s
-        WHERE prev_hash IS DISTINCT FROM expected_prev OR hash IS DISTINCT FROM computed
-           OR recorded_at < before
-        ORDER BY id
-        LIMIT %s
-    """
-    rows = fetchall(
-        sql,
-        [after_hash, after_recorded_at, after_id if after_id is not None else -1,
-         MAX_PROBLEMS_PER_CHECK],
-    )  # fmt: skip
+    after = after_id if after_id is not None else -1
+    # Two scans: recomputing every hash needs no order, so PostgreSQL spreads it over parallel
+    # workers; the links and the order of recorded_at need each event's predecessor (a
+    # window), which is cheap on its own.
+    bad_hash = f"""FROM {t["event"]} e
+                   WHERE e.id > %s AND e.hash IS DISTINCT FROM {chain.sql_hash_expression("e")}"""
+    rehashed = []
+    if scalar(f"SELECT count(*) {bad_hash}", [after]):  # the common answer: none
+        rehashed = fetchall(
+            f"""SELECT e.id, e.hash_format, {chain.sql_hash_expression("e")}, count(*) OVER ()
+                {bad_hash} ORDER BY e.id LIMIT %s""",
+            [after, MAX_PROBLEMS_PER_CHECK],
+        )
+    linked = fetchall(
+        f"""SELECT id, expected_prev, before, count(*) OVER ()
+            FROM (
+                SELECT e.id, e.prev_hash, e.recorded_at,
+                       COALESCE(lag(e.hash) OVER w, %s) AS expected_prev,
+                       COALESCE(lag(e.recorded_at) OVER w, %s) AS before
+                FROM {t["event"]} e
+                WHERE e.id > %s
+                WINDOW w AS (ORDER BY e.id)
+            ) s
+            WHERE prev_hash IS DISTINCT FROM expected_prev OR recorded_at < before
+            ORDER BY id LIMIT %s""",
+        [after_hash, after_recorded_at, after, MAX_PROBLEMS_PER_CHECK],
+    )
+    computed_of = {id_: (fmt, computed) for id_, fmt, computed, _ in rehashed}
+    link_of = {id_: (expected_prev, before) for id_, expected_prev, before, _ in linked}
+    ids = sorted(set(computed_of) | set(link_of))[:MAX_PROBLEMS_PER_CHECK]
+    details = {
+        id_: (prev_hash, hash_, fmt, recorded)
+        for id_, prev_hash, hash_, fmt, recorded in fetchall(
+            f"""SELECT id, prev_hash, hash, hash_format, recorded_at FROM {t["event"]}
+                WHERE id = ANY(%s)""",
+            [ids],
+        )
+    }
+    rows = []
+    for id_ in ids:
+        prev_hash, hash_, fmt, recorded = details[id_]
+        computed = computed_of.get(id_, (fmt, hash_))[1]
+        expected_prev, before = link_of.get(id_, (prev_hash, None))
+        rows.append((id_, prev_hash, hash_, fmt, expected_prev, computed, recorded, before, 0))
+    total = (rehashed[0][3] if rehashed else 0) + (linked[0][3] if linked else 0)
     problems = []
     for id_, prev_hash, hash_, fmt, expected_prev, computed, recorded, before, _ in rows:
         if fmt not in chain.FORMATS:
@@ -94,7 +117,7 @@ def event_chain_problems(
                     found=recorded.isoformat(),
                 )
             )
-    return (rows[0][8] if rows else 0), problems
+    return total, problems
 
 
 def check_chain() -> Result:
