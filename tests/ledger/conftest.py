@@ -58,3 +58,44 @@ def make_capped_access(host):
         return access
 
     return make
+
+
+def settle(*accesses) -> None:
+    """The host's full recompute of each access, as after a day of submissions."""
+    from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
+
+    for access in accesses:
+        update_payment_accrued_for_user(access, incremental=False)
+        access.refresh_from_db()
+
+
+@pytest.fixture
+def capped(host):
+    """One worker, one unit with two forms, cap 2, four approved works (two over the cap)."""
+    opp = host.opportunity()
+    unit = host.unit(opp, amount=100, org_amount=10, required=2)
+    access = host.access(opp, caps={unit: 2})
+    works = [host.approved_work(access, unit) for _ in range(4)]
+    settle(access)
+    return opp, unit, access, works
+
+
+def one_over_cap(host):
+    """An opportunity with one worker of one one-form unit, cap 1 and three approved works."""
+    opp = host.opportunity()
+    unit = host.unit(opp, amount=100, required=1)
+    access = host.access(opp, caps={unit: 1})
+    for _ in range(3):
+        host.approved_work(access, unit)
+    settle(access)
+    return opp, access
+
+
+def plan_over_cap(run, opp, *extra: str) -> dict:
+    """``corrections plan over-cap`` of one opportunity; its JSON report."""
+    result = run(
+        "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "over cap",
+        *extra, "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    return result.json

@@ -7,35 +7,15 @@ exactly the affected units on request, and that events and state agree afterward
 
 from __future__ import annotations
 
-import pytest
-
 from commcare_connect.opportunity.models import (
     CompletedWork,
     OpportunityAccess,
     UserVisit,
 )
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent, PlannedChange
 
-from .conftest import ledger_counts
-
-
-def _settle(*accesses) -> None:
-    for access in accesses:
-        update_payment_accrued_for_user(access, incremental=False)
-        access.refresh_from_db()
-
-
-@pytest.fixture
-def capped(host):
-    """One worker, one unit with two forms, cap 2, four approved works (two over the cap)."""
-    opp = host.opportunity()
-    unit = host.unit(opp, amount=100, org_amount=10, required=2)
-    access = host.access(opp, caps={unit: 2})
-    works = [host.approved_work(access, unit) for _ in range(4)]
-    _settle(access)
-    return opp, unit, access, works
+from .conftest import ledger_counts, settle
 
 
 def _ids_file(tmp_path, name: str, ids) -> str:
@@ -157,7 +137,7 @@ def test_a_work_the_host_would_not_keep_is_left_out_and_verify_stays_clean(host,
     kept = host.approved_work(access, unit)
     mixed = host.work(access, unit, visits=unit.required[:1], status="approved")
     host.visit(mixed, unit.required[1], status="approved")
-    _settle(access)
+    settle(access)
     # A reviewer rejects one visit of an over-cap work without recomputing: the work still
     # says approved, but the host's next recompute will make it rejected.
     rejected = UserVisit.objects.filter(completed_work=mixed).order_by("pk").last()
@@ -250,7 +230,7 @@ def test_undo_exits_zero_once_committed_and_reports_accrual_findings(host, cappe
     assert run("apply", "--batch", plan["batch"]).code == 0
     # Meanwhile the worker earns another unit (outside the ledger, within the new cap).
     host.approved_work(access, unit)
-    _settle(access)
+    settle(access)
 
     undone = run("undo", "--batch", plan["batch"], "--reason", "undo", "--json")
     assert undone.code == 0, undone.err

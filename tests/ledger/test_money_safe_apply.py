@@ -28,40 +28,13 @@ from commcare_connect.opportunity.models import (
     Payment,
     UserVisit,
 )
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
 from ledger.models import AccrualRecompute, BatchEntry, CorrectionBatch
 
-from .conftest import ledger_counts
+from .conftest import ledger_counts, plan_over_cap, settle
 
 ROOT = Path(__file__).resolve().parents[2]
 PAID_ON = datetime.datetime(2026, 4, 1, tzinfo=datetime.UTC)
-
-
-def _settle(*accesses) -> None:
-    for access in accesses:
-        update_payment_accrued_for_user(access, incremental=False)
-        access.refresh_from_db()
-
-
-@pytest.fixture
-def capped(host):
-    """One worker, one unit with two forms, cap 2, four approved works: W2 and W3 are over."""
-    opp = host.opportunity()
-    unit = host.unit(opp, amount=100, org_amount=10, required=2)
-    access = host.access(opp, caps={unit: 2})
-    works = [host.approved_work(access, unit) for _ in range(4)]
-    _settle(access)
-    return opp, unit, access, works
-
-
-def _plan(run, opp, *extra: str) -> dict:
-    plan = run(
-        "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "over cap",
-        *extra, "--json",
-    )  # fmt: skip
-    assert plan.code == 0, plan.err
-    return plan.json
 
 
 def _statuses(works) -> list[str]:
@@ -88,7 +61,7 @@ def test_an_edit_landing_between_the_plan_check_and_the_locks_makes_the_plan_sta
     lock. Checked before the lock, the apply would flip W2 and W3 and leave the worker one
     live work under a cap of two; checked under it, the plan is stale."""
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     assert plan["totals"]["works"] == 2
     approved = run(
         "approve", "--batch", plan["batch"], "--operator", "alice",
@@ -131,7 +104,7 @@ def test_work_paid_during_review_makes_the_plan_stale(capped, run):
     """The host pays the worker while finance reviews: flipping the paid works anyway would
     leave an exposure nobody priced."""
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     CompletedWork.objects.filter(pk__in=[works[2].pk, works[3].pk]).update(payment_date=PAID_ON)
     Payment.objects.create(opportunity_access=access, amount=Decimal("400.00"))
     counts = ledger_counts()
@@ -147,7 +120,7 @@ def test_work_paid_during_review_makes_the_plan_stale(capped, run):
 
 def test_a_work_paid_during_review_is_skipped_and_recorded_on_request(capped, run):
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     CompletedWork.objects.filter(pk=works[3].pk).update(payment_date=PAID_ON)
 
     applied = run("apply", "--batch", plan["batch"], "--skip-conflicts", "--json")
@@ -161,7 +134,7 @@ def test_a_work_paid_during_review_is_skipped_and_recorded_on_request(capped, ru
 
 def test_a_suspension_since_a_skip_suspended_plan_makes_it_stale(capped, run):
     opp, _, access, works = capped
-    plan = _plan(run, opp, "--skip-suspended")
+    plan = plan_over_cap(run, opp, "--skip-suspended")
     assert plan["totals"]["works"] == 2
     OpportunityAccess.objects.filter(pk=access.pk).update(suspended=True)
 
@@ -173,7 +146,7 @@ def test_a_suspension_since_a_skip_suspended_plan_makes_it_stale(capped, run):
 
 def test_a_cap_raised_since_the_plan_is_re_ranked_under_the_locks(capped, run):
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     OpportunityClaimLimit.objects.filter(opportunity_claim__opportunity_access=access).update(
         max_visits=3
     )
@@ -216,7 +189,7 @@ def three_workers(host):
         access = host.access(opp, caps={unit: 1})
         for _ in range(2):
             host.approved_work(access, unit)
-        _settle(access)
+        settle(access)
         accesses.append(access)
     return opp, sorted(accesses, key=lambda a: a.pk)
 
@@ -238,7 +211,7 @@ def test_a_committed_apply_is_reported_as_committed_and_busy_workers_delay_only_
     three_workers, run
 ):
     opp, accesses = three_workers
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     assert plan["totals"]["accesses"] == 3
 
     holder = _hold_accesses(a.pk for a in accesses)
@@ -282,7 +255,7 @@ def test_a_committed_apply_is_reported_as_committed_and_busy_workers_delay_only_
 @pytest.mark.django_db(transaction=True)
 def test_an_unreachable_lock_backend_is_a_one_line_refusal(capped, run):
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     counts = ledger_counts()
     unreachable = {
         "default": {
@@ -314,7 +287,7 @@ def test_an_unreachable_lock_backend_is_a_one_line_refusal(capped, run):
 def test_an_undo_is_planned_priced_approved_by_someone_else_and_then_applied(capped, run, settings):
     settings.LEDGER_REQUIRE_APPROVAL = True
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     assert run(
         "approve", "--batch", plan["batch"], "--plan-digest", plan["plan_digest"],
         "--operator", "alice",
@@ -366,7 +339,7 @@ def test_an_undo_is_planned_priced_approved_by_someone_else_and_then_applied(cap
 
 def test_one_undo_plan_at_a_time_and_a_discarded_one_frees_the_batch(capped, run):
     opp, _, access, works = capped
-    plan = _plan(run, opp)
+    plan = plan_over_cap(run, opp)
     assert run("apply", "--batch", plan["batch"]).code == 0
     first = run("plan", "undo", "--batch", plan["batch"], "--reason", "r", "--json")
     assert first.code == 0, first.err

@@ -15,11 +15,10 @@ import pytest
 from django.db import DatabaseError, connection
 
 from commcare_connect.opportunity.models import CompletedWork, UserVisit
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import locks
 from ledger.models import CorrectionBatch
 
-from .conftest import ledger_counts
+from .conftest import ledger_counts, one_over_cap, plan_over_cap
 
 
 @pytest.fixture
@@ -27,24 +26,6 @@ def redis_ledger(redis_cache, settings):
     settings.LEDGER_ACCESS_LOCK = "ledger.locks.redis_access_lock"
     settings.LEDGER_ACCESS_LOCK_WAIT = 0.3
     return redis_cache
-
-
-def _capped(host):
-    opp = host.opportunity()
-    unit = host.unit(opp, amount=100, required=1)
-    access = host.access(opp, caps={unit: 1})
-    for _ in range(3):
-        host.approved_work(access, unit)
-    update_payment_accrued_for_user(access, incremental=False)
-    return opp, access
-
-
-def _plan(run, opp) -> str:
-    result = run(
-        "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "r", "--json"
-    )
-    assert result.code == 0, result.err
-    return result.json["batch"]
 
 
 def _free(cache, access_id: int) -> bool:
@@ -59,8 +40,8 @@ def _free(cache, access_id: int) -> bool:
 def test_apply_holds_the_hosts_lock_while_projecting_and_frees_it(
     host, run, redis_ledger, monkeypatch
 ):
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     seen = []
     real = locks.redis_access_lock
 
@@ -78,8 +59,8 @@ def test_apply_holds_the_hosts_lock_while_projecting_and_frees_it(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_apply_frees_the_locks_at_once(host, run, redis_ledger):
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     work = CompletedWork.objects.filter(opportunity_access=access).order_by("-id").first()
     CompletedWork.objects.filter(pk=work.pk).update(status="rejected")  # a conflict
     counts = ledger_counts()
@@ -91,8 +72,8 @@ def test_a_refused_apply_frees_the_locks_at_once(host, run, redis_ledger):
 
 @pytest.mark.django_db(transaction=True)
 def test_apply_backs_off_while_live_traffic_holds_the_lock(host, run, redis_ledger):
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     # Another request's lock, released from its own thread a second later.
     held = redis_ledger.lock(locks.LOCK_NAME.format(access.pk), timeout=900, thread_local=False)
     assert held.acquire(blocking=False)
@@ -112,8 +93,8 @@ def test_a_lock_held_too_long_makes_apply_give_up_having_written_nothing(
     host, run, redis_ledger, settings
 ):
     settings.LEDGER_RETRY_SECONDS = 1.0
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     held = redis_ledger.lock(locks.LOCK_NAME.format(access.pk), timeout=900)
     assert held.acquire(blocking=False)
     try:
@@ -133,8 +114,8 @@ def test_a_database_error_mid_projection_frees_the_locks_and_writes_nothing(
     """A statement that fails inside the projection (here: the database refusing the visits'
     update, after the works were written) rolls the projection back and frees the Redis lock
     at once — it is not left to expire after 15 minutes."""
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     before = dict(
         CompletedWork.objects.filter(opportunity_access=access).values_list("pk", "status")
     )

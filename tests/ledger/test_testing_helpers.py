@@ -10,37 +10,18 @@ import pytest
 from django.db import connection
 
 from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess
-from commcare_connect.opportunity.visit_import import update_payment_accrued_for_user
 from ledger import testing
 from ledger.models import AccrualRecompute, CorrectionBatch, CorrectionEvent
 
-from .conftest import ledger_counts
+from .conftest import ledger_counts, one_over_cap, plan_over_cap
 
 EVENT_GUARD = "ledger.CorrectionEvent:ledger_event_append_only"
 RECOMPUTE_GUARD = "ledger.AccrualRecompute:ledger_recompute_no_delete"
 
 
-def _capped(host):
-    opp = host.opportunity()
-    unit = host.unit(opp, amount=100, required=1)
-    access = host.access(opp, caps={unit: 1})
-    for _ in range(3):
-        host.approved_work(access, unit)
-    update_payment_accrued_for_user(access, incremental=False)
-    return opp, access
-
-
-def _plan(run, opp) -> str:
-    result = run(
-        "plan", "over-cap", "--opportunity", str(opp.opportunity_id), "--reason", "r", "--json"
-    )
-    assert result.code == 0, result.err
-    return result.json["batch"]
-
-
 def _applied_and_undone(host, run) -> tuple[str, OpportunityAccess]:
-    opp, access = _capped(host)
-    batch = _plan(run, opp)
+    opp, access = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     assert run("apply", "--batch", batch).code == 0
     assert run("undo", "--batch", batch, "--reason", "back").code == 0
     return batch, access
@@ -106,8 +87,8 @@ def test_append_only_tries_update_and_delete_even_without_events(db):
 
 
 def test_append_only_rolls_back_what_a_missing_guard_let_through(host, run):
-    opp, _ = _capped(host)
-    batch = _plan(run, opp)
+    opp, _ = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     assert run("apply", "--batch", batch).code == 0
     events = CorrectionEvent.objects.count()
     with pgtrigger.ignore(EVENT_GUARD), pytest.raises(AssertionError, match="accepted"):
@@ -116,8 +97,8 @@ def test_append_only_rolls_back_what_a_missing_guard_let_through(host, run):
 
 
 def test_append_only_does_not_count_a_permission_error_as_the_guard(host, run):
-    opp, _ = _capped(host)
-    batch = _plan(run, opp)
+    opp, _ = one_over_cap(host)
+    batch = plan_over_cap(run, opp)["batch"]
     assert run("apply", "--batch", batch).code == 0
     reader = f"ledger_reader_{uuid.uuid4().hex[:8]}"  # made in the test's transaction
     with connection.cursor() as cursor:
