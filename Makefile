@@ -10,7 +10,7 @@ BENCH_VISITS ?= 1000000
 
 REQUIREMENTS := pyproject.toml requirements/standalone.txt requirements/dev.txt
 
-.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small clean-db venv wheel test-wheel host-test \
+.PHONY: demo test test-psycopg2 test-psycopg2-live lint format bench bench-small bench-e2e bench-e2e-small clean-db venv wheel test-wheel host-test \
 	worker worker-stop
 
 venv: $(STAMP)
@@ -81,6 +81,18 @@ bench: $(STAMP)
 
 bench-small: $(STAMP)
 	$(PY) -m benchmarks.run --visits 10000 --runs 1 --out benchmarks/results/benchmarks-small.md
+
+# One correction end to end (plan, approve, apply, every recompute done) in process and on
+# Celery workers, against the host team's final script read from a host git directory
+# (HOST_GIT; without one the script's row is left out) and the raw-SQL floor.
+E2E_VISITS ?= 200000
+HOST_GIT ?= $(wildcard /work/.mirror/dimagi+commcare-connect/repo)
+bench-e2e: $(STAMP)
+	$(PY) -m benchmarks.e2e --visits $(E2E_VISITS) $(if $(HOST_GIT),--host-git $(HOST_GIT))
+
+bench-e2e-small: $(STAMP)
+	$(PY) -m benchmarks.e2e --visits 5000 --drop --out benchmarks/results/benchmarks-e2e-small.md \
+		$(if $(HOST_GIT),--host-git $(HOST_GIT))
 
 clean-db:
 	rm -rf .pgdata

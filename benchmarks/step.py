@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setup(args.database)
     from django.db import connection
 
+    from benchmarks import e2e_steps  # noqa: F401 - registers the end-to-end steps
     from benchmarks.steps import STEPS
 
     if args.name not in STEPS:
