@@ -236,7 +236,9 @@ def render(measured: dict) -> str:
             f"- **Same result:** every ledger path left {same} statuses and accruals as the "
             f"script on the batch's {batch['accesses'] - script['suspended_accesses']:,} active "
             "accesses (per access `payment_accrued`, and the sums of the works' saved worker "
-            f"and organisation amounts): {script['payment_accrued']:,} accrued there afterwards."
+            "and organisation amounts); their accruals went from "
+            f"{results['floor'][0]['payment_accrued'] if 'floor' in results else '?':,} to "
+            f"{script['payment_accrued']:,}."
         )
         lines.append(
             f"- **Suspended workers:** the batch holds {script['suspended_accesses']} suspended "
