@@ -72,7 +72,7 @@ def setup(params: dict, probe: Probe) -> dict:
     migrated = time.perf_counter()
     call_command("seed_synthetic", visits=params["visits"], seed=params["seed"])
     seeded = time.perf_counter()
-    batch = data.choose_batch(params["seed"])
+    batch = data.choose_batch(params["seed"], params.get("share", 0.1))
     chosen = time.perf_counter()
     history = data.write_history(params["history_events"])
     written = time.perf_counter()
