@@ -175,7 +175,9 @@ def _sql_v1(alias: str) -> str:
     return f"{alias}.prev_hash || chr(30) || {parts}"
 
 
-def _sql_v2_part(text_sql: str) -> str:
+def sql_part(text_sql: str) -> str:
+    """SQL for one length-prefixed part (``len:text``, or ``-`` for NULL or empty): the
+    encoding of hash format 2 and 3 and of plan digest format 2."""
     return (
         f"CASE WHEN {text_sql} IS NULL OR {text_sql} = '' THEN '-' "
         f"ELSE octet_length(convert_to({text_sql}, 'UTF8'))::text || ':' || {text_sql} END"
@@ -190,16 +192,17 @@ _ASCII_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def _sql_ascii_part(text_sql: str) -> str:
-    """:func:`_sql_v2_part` for a field of :data:`_ASCII_FIELDS`: the same text, its value
-    computed twice instead of four times (verify hashes every event)."""
+def sql_ascii_part(text_sql: str) -> str:
+    """:func:`sql_part` for text that is ASCII and never empty (digits, a sign, a UUID, when
+    not NULL): the same result, its value computed twice instead of four times (verify
+    hashes every event and recomputes every plan digest)."""
     return f"COALESCE(length({text_sql})::text || ':' || {text_sql}, '-')"
 
 
 def _sql_prefixed(tag: str, fields: tuple[str, ...], alias: str) -> str:
-    parts = [f"'{tag}'", _sql_v2_part(f"{alias}.prev_hash")]
+    parts = [f"'{tag}'", sql_part(f"{alias}.prev_hash")]
     parts += [
-        (_sql_ascii_part if name in _ASCII_FIELDS else _sql_v2_part)(_sql_text(name, alias))
+        (sql_ascii_part if name in _ASCII_FIELDS else sql_part)(_sql_text(name, alias))
         for name in fields
     ]
     return " || ".join(parts)
@@ -241,11 +244,11 @@ def _entry_text(name: str, value: Any) -> str | None:
 
 def sql_entry_hash_expression(alias: str = "n") -> str:
     """SQL computing a lifecycle entry's hash from its stored ``prev_hash`` and content."""
-    parts = [f"'{ENTRY_TAG}'", _sql_v2_part(f"{alias}.prev_hash")]
+    parts = [f"'{ENTRY_TAG}'", sql_part(f"{alias}.prev_hash")]
     for name in ENTRY_FIELDS:
         if name in _ENTRY_TIME_FIELDS:
             text = f"(EXTRACT(EPOCH FROM {alias}.{name}) * 1000000)::bigint::text"
         else:
             text = f"{alias}.{name}::text"
-        parts.append(_sql_v2_part(text))
+        parts.append(sql_part(text))
     return f"encode(sha256(convert_to({' || '.join(parts)}, 'UTF8')), 'hex')"

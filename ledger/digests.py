@@ -25,6 +25,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ledger.chain import sql_ascii_part, sql_part
+
 CURRENT_FORMAT = 2
 TAG_V2 = "ledger-plan/2"
 # Order matters: it is part of the digested bytes (and is PlannedRow's field order).
@@ -82,13 +84,6 @@ def plan_digest(rows: Iterable[Sequence], fmt: int = CURRENT_FORMAT) -> str:
     return digest.hexdigest()
 
 
-def _sql_part(text_sql: str) -> str:
-    return (
-        f"CASE WHEN {text_sql} IS NULL OR {text_sql} = '' THEN '-' "
-        f"ELSE octet_length(convert_to({text_sql}, 'UTF8'))::text || ':' || {text_sql} END"
-    )
-
-
 def _sql_text(name: str, alias: str) -> str:
     if name in _BOOLEANS:
         return f"CASE WHEN {alias}.{name} THEN 'true' ELSE 'false' END"
@@ -105,9 +100,8 @@ def _sql_v2_field(name: str, alias: str) -> str:
     if name in _BOOLEANS:  # never NULL, never empty: 4:true or 5:false
         return f"CASE WHEN {alias}.{name} THEN '4:true' ELSE '5:false' END"
     if name in _INTEGERS:
-        text = _sql_text(name, alias)
-        return f"COALESCE(length({text})::text || ':' || {text}, '-')"
-    return _sql_part(_sql_text(name, alias))
+        return sql_ascii_part(_sql_text(name, alias))
+    return sql_part(_sql_text(name, alias))
 
 
 def sql_digest_lines(alias: str = "p") -> dict[int, str]:
