@@ -34,7 +34,7 @@ def event_chain_problems(
     rehashed = []
     if scalar(f"SELECT count(*) {bad_hash}", [after]):  # the common answer: none
         rehashed = fetchall(
-            f"""SELECT e.id, e.hash_format, {chain.sql_hash_expression("e")}, count(*) OVER ()
+            f"""SELECT e.id, {chain.sql_hash_expression("e")}, count(*) OVER ()
                 {bad_hash} ORDER BY e.id LIMIT %s""",
             [after, MAX_PROBLEMS_PER_CHECK],
         )
@@ -52,26 +52,19 @@ def event_chain_problems(
             ORDER BY id LIMIT %s""",
         [after_hash, after_recorded_at, after, MAX_PROBLEMS_PER_CHECK],
     )
-    computed_of = {id_: (fmt, computed) for id_, fmt, computed, _ in rehashed}
+    computed_of = {id_: computed for id_, computed, _ in rehashed}
     link_of = {id_: (expected_prev, before) for id_, expected_prev, before, _ in linked}
     ids = sorted(set(computed_of) | set(link_of))[:MAX_PROBLEMS_PER_CHECK]
-    details = {
-        id_: (prev_hash, hash_, fmt, recorded)
-        for id_, prev_hash, hash_, fmt, recorded in fetchall(
-            f"""SELECT id, prev_hash, hash, hash_format, recorded_at FROM {t["event"]}
-                WHERE id = ANY(%s)""",
-            [ids],
-        )
-    }
-    rows = []
-    for id_ in ids:
-        prev_hash, hash_, fmt, recorded = details[id_]
-        computed = computed_of.get(id_, (fmt, hash_))[1]
-        expected_prev, before = link_of.get(id_, (prev_hash, None))
-        rows.append((id_, prev_hash, hash_, fmt, expected_prev, computed, recorded, before, 0))
-    total = (rehashed[0][3] if rehashed else 0) + (linked[0][3] if linked else 0)
+    found = fetchall(
+        f"""SELECT id, prev_hash, hash, hash_format, recorded_at FROM {t["event"]}
+            WHERE id = ANY(%s) ORDER BY id""",
+        [ids],
+    )
+    total = (rehashed[0][2] if rehashed else 0) + (linked[0][3] if linked else 0)
     problems = []
-    for id_, prev_hash, hash_, fmt, expected_prev, computed, recorded, before, _ in rows:
+    for id_, prev_hash, hash_, fmt, recorded in found:
+        computed = computed_of.get(id_, hash_)
+        expected_prev, before = link_of.get(id_, (prev_hash, None))
         if fmt not in chain.FORMATS:
             problems.append(
                 Problem(
