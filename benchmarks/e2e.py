@@ -26,16 +26,15 @@ import datetime
 import json
 import os
 import re
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from benchmarks import env, report
-from benchmarks.recompute_workers import Worker, _start_broker
+from benchmarks.recompute_workers import Worker, redis_broker
 from benchmarks.run import HarnessError, Steps, code_state, drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,21 +59,6 @@ def _script_source(args) -> tuple[str | None, str]:
     return shown.stdout, f"the host's `{SCRIPT_PATH}` at `{args.script_rev}`"
 
 
-def _copy(template: str, name: str) -> float:
-    from django.db import connection
-
-    quote = connection.ops.quote_name
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
-        # A file copy (checkpointed) rather than the WAL-logged default: the copy's writes
-        # are done before the path starts, not flushed by a checkpoint in the middle of it.
-        cursor.execute(
-            f"CREATE DATABASE {quote(name)} TEMPLATE {quote(template)} STRATEGY FILE_COPY"
-        )
-    return time.perf_counter() - started
-
-
 class Paths:
     """Runs each path on a fresh copy of the template database."""
 
@@ -86,31 +70,19 @@ class Paths:
         self.copy = f"{args.database}_run"
         self.steps = Steps(self.copy, workdir, verbose=False)
 
-    def _step(self, name: str, extra_env: dict | None = None, **params) -> dict:
-        saved = {k: os.environ.get(k) for k in (extra_env or {})}
-        os.environ.update(extra_env or {})
-        try:
-            return self.steps.run(name, **params)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
     def run(self, path: str) -> dict:
-        _copy(self.args.database, self.copy)
+        recreate_database(self.copy, template=self.args.database)
         if path == "floor":
-            return self._step("e2e_floor")
+            return self.steps.run("e2e_floor")
         if path == "script":
-            return self._step("e2e_script", source=self.script)
+            return self.steps.run("e2e_script", source=self.script)
         if path == "inline":
-            return self._step("e2e_ledger", {"LEDGER_RECOMPUTE": "inline"}, mode="inline")
+            return self.steps.run("e2e_ledger", {"LEDGER_RECOMPUTE": "inline"}, mode="inline")
         workers = int(path.split("×")[1])
         worker = Worker(self.broker, self.copy, workers, self.workdir / f"worker-{workers}.log")
         try:
             worker.wait_ready(self.broker)
-            return self._step(
+            return self.steps.run(
                 "e2e_ledger",
                 {"LEDGER_RECOMPUTE": "celery", "CELERY_BROKER_URL": self.broker},
                 mode=path,
@@ -136,16 +108,6 @@ def _check(results: dict[str, list[dict]]) -> list[str]:
     return problems
 
 
-def _median(outcomes: list[dict], *keys: str) -> float:
-    values = []
-    for outcome in outcomes:
-        value = outcome
-        for key in keys:
-            value = value[key]
-        values.append(value)
-    return statistics.median(values)
-
-
 def _secs(value: float) -> str:
     return f"{value:.1f} s" if value < 600 else f"{value:.0f} s ({value / 60:.1f} min)"
 
@@ -167,7 +129,8 @@ def _label(path: str) -> str:
 def render(measured: dict) -> str:
     setup, results, args = measured["setup"], measured["results"], measured["args"]
     batch = setup["batch"]
-    script_total = _median(results["script"], "seconds") if "script" in results else None
+    figures = report.Figures(results)
+    script_total = figures.median("script")
     lines = [
         f"<!-- e2e:{args['visits']} -->",
         f"### End to end at {args['visits']:,} visits",
@@ -187,7 +150,7 @@ def render(measured: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path, outcomes in results.items():
-        total = _median(outcomes, "seconds")
+        total = figures.median(path)
         ratio = "—"
         if script_total and path != "script":
             ratio = (
@@ -196,12 +159,12 @@ def render(measured: dict) -> str:
                 else f"{total / script_total:.2f}× slower"
             )
         if "times" in outcomes[0]:
-            recompute = _median(outcomes, "times", "recompute")
+            recompute = figures.median(path, "times.recompute")
             rate = f"{batch['accesses'] / recompute:.1f} accesses/s"
             cells = [
-                _secs(_median(outcomes, "times", "plan")),
-                f"{_median(outcomes, 'times', 'approve') * 1000:.0f} ms",
-                _secs(_median(outcomes, "times", "projection")),
+                _secs(figures.median(path, "times.plan")),
+                f"{figures.median(path, 'times.approve') * 1000:.0f} ms",
+                _secs(figures.median(path, "times.projection")),
                 _secs(recompute),
             ]
         else:
@@ -220,7 +183,7 @@ def render(measured: dict) -> str:
         f"plan: {failures} of {attempts} tries found a row locked.",
     ]
     rates = {
-        p: batch["accesses"] / _median(o, "times", "recompute")
+        p: batch["accesses"] / figures.median(p, "times.recompute")
         for p, o in results.items()
         if "times" in o[0]
     }
@@ -278,6 +241,12 @@ def write_block(out: Path, block: str, visits: int) -> None:
     out.write_text(text)
 
 
+def _print_outcome(run: int, path: str, outcome: dict) -> None:
+    times = outcome.get("times", {})
+    extra = ("  " + ", ".join(f"{k} {v:.2f}" for k, v in times.items())) if times else ""
+    print(f"  run {run + 1} {path:<9} {outcome['seconds']:8.2f} s{extra}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__)
     parser.add_argument("--visits", type=int, default=200_000)
@@ -300,41 +269,32 @@ def main(argv: list[str] | None = None) -> int:
     server = env.server_description()
     started = time.perf_counter()
     code = code_state()
-    folder = tempfile.mkdtemp(prefix="ledger-e2e-")
-    broker_process, broker = None, args.broker
     results: dict[str, list[dict]] = {}
     try:
-        if counts and broker is None:
-            broker_process, broker = _start_broker(folder)
-        from commcare_connect.celery_app import app
+        # A broker only for the Celery paths.
+        broker_or_none = redis_broker(args.broker) if counts else nullcontext(args.broker)
+        with tempfile.TemporaryDirectory(prefix="ledger-e2e-") as folder, broker_or_none as broker:
+            from commcare_connect.celery_app import app
 
-        app.conf.broker_url = broker
-        print(f"Building {args.visits:,} visits in {args.database}", flush=True)
-        recreate_database(args.database)
-        setup = Steps(args.database, Path(folder), verbose=False).run(
-            "setup", visits=args.visits, seed=args.seed, history_events=0
-        )
-        Steps(args.database, Path(folder), verbose=False).run("e2e_prepare")
-        paths = Paths(args, Path(folder), broker, script)
-        order = ["floor", *(["script"] if script else []), "inline"]
-        order += [f"celery×{n}" for n in counts]
-        for run in range(args.runs):
-            shift = run % len(order)
-            for path in order[shift:] + order[:shift]:
-                outcome = paths.run(path)
-                results.setdefault(path, []).append(outcome)
-                extra = ""
-                if "times" in outcome:
-                    extra = "  " + ", ".join(f"{k} {v:.2f}" for k, v in outcome["times"].items())
-                print(f"  run {run + 1} {path:<9} {outcome['seconds']:8.2f} s{extra}", flush=True)
+            app.conf.broker_url = broker
+            print(f"Building {args.visits:,} visits in {args.database}", flush=True)
+            recreate_database(args.database)
+            steps = Steps(args.database, Path(folder), verbose=False)
+            setup = steps.run("setup", visits=args.visits, seed=args.seed, history_events=0)
+            steps.run("e2e_prepare")
+            paths = Paths(args, Path(folder), broker, script)
+            order = ["floor", *(["script"] if script else []), "inline"]
+            order += [f"celery×{n}" for n in counts]
+            for run in range(args.runs):
+                shift = run % len(order)
+                for path in order[shift:] + order[:shift]:
+                    outcome = paths.run(path)
+                    results.setdefault(path, []).append(outcome)
+                    _print_outcome(run, path, outcome)
     except HarnessError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     finally:
-        if broker_process is not None:
-            broker_process.terminate()
-            broker_process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
         if args.drop:
             drop_database(f"{args.database}_run")
             drop_database(args.database)
@@ -343,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = {
         "setup": setup,
         "results": ordered,
-        "args": vars(args) | {"visits": args.visits},
+        "args": vars(args),
         "command": command,
         "server": f"PostgreSQL {server['version'].split()[1]} ({server['kind']})",
         "cpus": os.cpu_count(),

@@ -12,14 +12,12 @@ access at a time wherever it runs.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks import env
-from benchmarks.recompute_workers import _start_broker
+from benchmarks.recompute_workers import redis_broker
 from benchmarks.run import HarnessError, Steps, drop_database, recreate_database
 
 
@@ -32,26 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", action="store_true")
     args = parser.parse_args(argv)
     env.setup(None)
-    folder = tempfile.mkdtemp(prefix="ledger-memory-")
-    broker_process, broker = _start_broker(folder)
-    os.environ.update({"LEDGER_RECOMPUTE": "celery", "CELERY_BROKER_URL": broker})
     try:
-        recreate_database(args.database)
-        steps = Steps(args.database, Path(folder))
-        setup = steps.run(
-            "setup", visits=args.visits, seed=args.seed, history_events=0, share=args.share
-        )
-        batch = setup["batch"]
-        planned = steps.run("plan_ledger_visits")
-        applied = steps.run("apply_ledger", batch=planned["batch"])
-        undone = steps.run("undo_ledger", batch=applied["batch"])
+        with tempfile.TemporaryDirectory(prefix="ledger-memory-") as folder, redis_broker() as url:
+            queued = {"LEDGER_RECOMPUTE": "celery", "CELERY_BROKER_URL": url}
+            recreate_database(args.database)
+            steps = Steps(args.database, Path(folder))
+            setup = steps.run(
+                "setup", visits=args.visits, seed=args.seed, history_events=0, share=args.share
+            )
+            batch = setup["batch"]
+            planned = steps.run("plan_ledger_visits", queued)
+            applied = steps.run("apply_ledger", queued, batch=planned["batch"])
+            undone = steps.run("undo_ledger", queued, batch=applied["batch"])
     except HarnessError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     finally:
-        broker_process.terminate()
-        broker_process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
         if args.drop:
             drop_database(args.database)
     flips = batch["visits"] + batch["works"]

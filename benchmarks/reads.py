@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import env
+from benchmarks import env, report
 from benchmarks.run import HarnessError, Steps, code_state, drop_database, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,26 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify found problems: {results['verify'][0]['problems']}", file=sys.stderr)
         return 1
 
-    def median(step: str, *path: str) -> float:
-        values = []
-        for outcome in results[step]:
-            for key in path:
-                outcome = outcome[key]
-            values.append(outcome)
-        return statistics.median(values)
-
+    figures = report.Figures(results)
     events = results["verify"][0]["events"]
-    verify_s = median("verify", "seconds")
+    verify_s = figures.median("verify")
     print(f"\n{events:,} events, median of {args.runs} runs, commit {code['commit']}\n")
     print("| Read | median | p99 |")
     print("|---|---:|---:|")
     for kind in ("visit", "completed_work", "access"):
-        per = median("history", kind, "events_per_lookup")
+        per = figures.median("history", f"{kind}.events_per_lookup")
         article = "an" if kind == "access" else "a"
         print(
             f"| history of {article} {kind.replace('_', ' ')} (~{per:.0f} events) "
-            f"| {median('history', kind, 'median_ms'):.2f} ms "
-            f"| {median('history', kind, 'p99_ms'):.2f} ms |"
+            f"| {figures.median('history', f'{kind}.median_ms'):.2f} ms "
+            f"| {figures.median('history', f'{kind}.p99_ms'):.2f} ms |"
         )
     print(f"| verify, all checks | {verify_s:.2f} s ({events / verify_s:,.0f} events/s) | — |")
     checks = results["verify"][0]["checks"]

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import env
@@ -42,27 +44,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_broker(folder: str) -> tuple[subprocess.Popen, str]:
+@contextmanager
+def redis_broker(given: str | None = None) -> Iterator[str]:
+    """The broker URL to use: ``given``, or a private redis-server started on a free local
+    port (nothing kept on disk) for as long as the block runs."""
+    if given is not None:
+        yield given
+        return
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("no redis-server: give --broker redis://…")
-    port = _free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", folder],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     import redis
 
-    for _ in range(200):
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="ledger-broker-") as folder:
+        process = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", folder],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         try:
-            redis.Redis("127.0.0.1", port).ping()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    process.terminate()
-    raise SystemExit("redis-server did not start")
+            for _ in range(200):
+                try:
+                    redis.Redis("127.0.0.1", port).ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            else:
+                raise SystemExit("redis-server did not start")
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def _build(database: str, visits: int, seed: int) -> dict:
@@ -201,31 +215,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{setup['batch']['visits']:,} visits of the batch)",
         flush=True,
     )
-    broker_process = None
-    folder = tempfile.mkdtemp(prefix="ledger-broker-")
-    broker = args.broker
-    if broker is None:
-        broker_process, broker = _start_broker(folder)
-    app.conf.broker_url = broker
     seconds: dict[str, list[float]] = {}
     try:
-        for run in range(args.runs):
-            for mode in ["inline", *(f"celery×{n}" for n in counts)]:
-                if mode == "inline":
-                    took = _inline(access_ids)
-                else:
-                    took = _celery(access_ids, int(mode.split("×")[1]), broker, args.database)
-                seconds.setdefault(mode, []).append(took)
-                print(
-                    f"  run {run + 1} {mode:<9} {took:8.2f} s   "
-                    f"{len(access_ids) / took:8.1f} accesses/s",
-                    flush=True,
-                )
+        with redis_broker(args.broker) as broker:
+            app.conf.broker_url = broker
+            for run in range(args.runs):
+                for mode in ["inline", *(f"celery×{n}" for n in counts)]:
+                    if mode == "inline":
+                        took = _inline(access_ids)
+                    else:
+                        workers = int(mode.split("×")[1])
+                        took = _celery(access_ids, workers, broker, args.database)
+                    seconds.setdefault(mode, []).append(took)
+                    print(
+                        f"  run {run + 1} {mode:<9} {took:8.2f} s   "
+                        f"{len(access_ids) / took:8.1f} accesses/s",
+                        flush=True,
+                    )
     finally:
-        if broker_process is not None:
-            broker_process.terminate()
-            broker_process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
         if args.drop:
             from benchmarks.run import drop_database
 

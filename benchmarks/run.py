@@ -48,14 +48,15 @@ class Steps:
         self.verbose = verbose
         self.counter = 0
 
-    def run(self, name: str, **params) -> dict:
+    def run(self, name: str, environ: dict[str, str] | None = None, **params) -> dict:
+        """Run step ``name`` with ``params``; ``environ`` adds to the process's environment."""
         self.counter += 1
         result = self.workdir / f"{self.counter:03d}-{name}.json"
         command = [
             sys.executable, "-m", "benchmarks.step", name, "--database", self.database,
             "--params", json.dumps(params), "--result", str(result),
         ]  # fmt: skip
-        environ = dict(os.environ, **{env.DATABASE_ENV: self.database})
+        environ = dict(os.environ, **(environ or {}), **{env.DATABASE_ENV: self.database})
         started = time.perf_counter()
         completed = subprocess.run(command, cwd=ROOT, env=environ)
         wall = time.perf_counter() - started
@@ -100,16 +101,20 @@ def code_state(since: str | None = None) -> dict:
     return state
 
 
-def recreate_database(name: str) -> None:
-    """Drop and create the benchmark database through the project's own connection."""
+def recreate_database(name: str, template: str | None = None) -> None:
+    """Drop and create the benchmark database through the project's own connection; with
+    ``template``, as a copy of that database."""
     from django.db import connection
 
     if name == connection.settings_dict["NAME"]:
         raise HarnessError(f"--database {name} is the project's own database; pick another")
-    quoted = connection.ops.quote_name(name)
+    quote = connection.ops.quote_name
+    # A copy is made by copying files after a checkpoint rather than WAL-logged (the
+    # default): its writes are done before the caller starts, not flushed in the middle.
+    copy = f" TEMPLATE {quote(template)} STRATEGY FILE_COPY" if template else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
-        cursor.execute(f"CREATE DATABASE {quoted}")
+        cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+        cursor.execute(f"CREATE DATABASE {quote(name)}{copy}")
 
 
 def drop_database(name: str) -> None:
