@@ -28,8 +28,6 @@ from benchmarks import data, floor
 from benchmarks.probe import Probe
 from benchmarks.steps import OPERATOR, REASON, REVIEWER, _people, step
 
-POLL = 0.05  # seconds between looks at the pending recomputes
-
 
 def _outcome() -> dict:
     """Digest of the batch's statuses and of every batch access's accruals, and their sums."""
@@ -45,15 +43,14 @@ def _outcome() -> dict:
         statuses = hashlib.sha256(repr(cursor.fetchall()).encode()).hexdigest()[:16]
         cursor.execute(
             """SELECT a.id, a.suspended, a.payment_accrued,
-                      (SELECT coalesce(sum(w.saved_payment_accrued), 0)
-                         FROM opportunity_completedwork w WHERE w.opportunity_access_id = a.id),
-                      (SELECT coalesce(sum(w.saved_org_payment_accrued), 0)
-                         FROM opportunity_completedwork w WHERE w.opportunity_access_id = a.id),
-                      (SELECT coalesce(sum(w.saved_payment_accrued), 0)
-                         FROM opportunity_completedwork w
-                        WHERE w.opportunity_access_id = a.id AND w.status = 'over_limit')
+                      coalesce(sum(w.saved_payment_accrued), 0),
+                      coalesce(sum(w.saved_org_payment_accrued), 0),
+                      coalesce(sum(w.saved_payment_accrued)
+                               FILTER (WHERE w.status = 'over_limit'), 0)
                FROM opportunity_opportunityaccess a
-               WHERE a.id IN (SELECT access_id FROM bench_accesses) ORDER BY a.id"""
+               JOIN bench_accesses b ON b.access_id = a.id
+               LEFT JOIN opportunity_completedwork w ON w.opportunity_access_id = a.id
+               GROUP BY a.id ORDER BY a.id"""
         )
         rows = cursor.fetchall()
     # The host's bulk recompute (the script's) skips suspended accesses; the ledger recomputes
@@ -75,27 +72,14 @@ def _outcome() -> dict:
     }
 
 
-def _probe_rows() -> dict:
+def _probe_rows(ids: dict[str, list[int]]) -> dict:
     from commcare_connect.opportunity.models import CompletedWork, OpportunityAccess, UserVisit
 
-    ids = data.batch_ids()
     return {
         UserVisit: ids["visit"],
         CompletedWork: ids["completed_work"],
         OpportunityAccess: data.batch_access_ids(),
     }
-
-
-def _wait_for_recomputes(batch: str) -> dict:
-    """Poll until the batch has no pending recompute; what an operator's ``--wait`` does."""
-    from ledger.models import AccrualRecompute, RecomputeState
-
-    rows = AccrualRecompute.objects.filter(batch_id=batch)
-    polls = 0
-    while rows.filter(state=RecomputeState.pending).exists():
-        polls += 1
-        time.sleep(POLL)
-    return {"polls": polls, "done": rows.filter(state=RecomputeState.done).count()}
 
 
 @step
@@ -104,14 +88,14 @@ def e2e_ledger(params: dict, probe: Probe) -> dict:
     from ledger.lock_probe import LockProbe
 
     mode = params["mode"]
-    visit_ids = data.batch_ids()["visit"]
-    lock_rows = _probe_rows()
+    ids = data.batch_ids()
+    lock_rows = _probe_rows(ids)
     _people()
     times: dict[str, float] = {}
     started = time.perf_counter()
     with LockProbe(lock_rows) as locks:
         plan = services.plan_visits(
-            reason=REASON, visit_ids=visit_ids, expand=True, operator=OPERATOR
+            reason=REASON, visit_ids=ids["visit"], expand=True, operator=OPERATOR
         )
     times["plan"] = time.perf_counter() - started
     mark = time.perf_counter()
@@ -126,14 +110,15 @@ def e2e_ledger(params: dict, probe: Probe) -> dict:
     mark = time.perf_counter()
     run = services.apply_batch(plan.batch, operator=OPERATOR, progress=progress)
     applied = time.perf_counter()
-    waited = _wait_for_recomputes(plan.batch)
+    # What an operator's --wait does (nothing to wait for when the recompute ran in process).
+    run = services.wait_for_recomputes(run)
     total = time.perf_counter() - started
-    end_of_projection = projected[0] if projected else applied
-    times["projection"] = end_of_projection - mark
+    if run.pending_recomputes:
+        raise RuntimeError(f"{run.pending_recomputes} recomputes left pending")
+    times["projection"] = (projected[0] if projected else applied) - mark
     # In process the recompute runs inside apply_batch, after the projection's commit; on
     # Celery the workers start on commit and this process waits for the last one.
-    times["recompute"] = time.perf_counter() - started - times["plan"] - times["approve"]
-    times["recompute"] -= times["projection"]
+    times["recompute"] = total - times["plan"] - times["approve"] - times["projection"]
     if locks.errors:
         raise RuntimeError(f"the lock probe failed: {locks.errors[0]!r}")
     return {
@@ -144,7 +129,7 @@ def e2e_ledger(params: dict, probe: Probe) -> dict:
         "flips": {"visits": run.visits, "works": run.works, "events": run.events},
         "recompute": run.recompute,
         "accesses": len(plan.accesses),
-        "recomputes_done": waited["done"],
+        "recomputes_done": sum(1 for a in run.accesses if a.state == "done"),
         "lock_probe": {
             "attempts": locks.attempts,
             "failures": locks.failures,
