@@ -59,27 +59,32 @@ def plan_event_problems(batch_ids: list[str] | None = None) -> tuple[int, list[P
             SELECT e.batch_id, e.entity_kind, e.entity_id, e.from_status, e.to_status
             FROM {t["event"]} e JOIN applied a ON a.id = e.batch_id
         ),
+        -- One join matches both ways: a planned change with no event, an event with no plan.
+        unmatched AS (
+            SELECT p.batch_id AS p_batch, p.entity_kind AS p_kind, p.entity_id AS p_entity,
+                   p.completed_work_id, d.batch_id AS d_batch, d.entity_kind AS d_kind,
+                   d.entity_id AS d_entity
+            FROM planned p FULL JOIN done d
+              ON d.batch_id = p.batch_id AND d.entity_kind = p.entity_kind
+             AND d.entity_id = p.entity_id AND d.from_status = p.from_status
+             AND d.to_status = p.to_status
+            WHERE p.batch_id IS NULL OR d.batch_id IS NULL
+        ),
         missing AS (
-            SELECT p.batch_id, p.entity_kind, p.entity_id, 'planned, no event' AS what
-            FROM planned p
-            WHERE NOT EXISTS (
-                SELECT 1 FROM done d WHERE d.batch_id = p.batch_id
-                  AND d.entity_kind = p.entity_kind AND d.entity_id = p.entity_id
-                  AND d.from_status = p.from_status AND d.to_status = p.to_status)
+            SELECT u.p_batch AS batch_id, u.p_kind AS entity_kind, u.p_entity AS entity_id,
+                   'planned, no event' AS what
+            FROM unmatched u
+            WHERE u.d_batch IS NULL
               AND NOT EXISTS (
-                SELECT 1 FROM skipped s WHERE s.batch_id = p.batch_id
-                  AND ((p.completed_work_id IS NOT NULL AND s.kind = 'completed_work'
-                        AND s.unit = p.completed_work_id)
-                       OR (p.completed_work_id IS NULL AND s.kind = p.entity_kind
-                           AND s.unit = p.entity_id)))
+                SELECT 1 FROM skipped s WHERE s.batch_id = u.p_batch
+                  AND ((u.completed_work_id IS NOT NULL AND s.kind = 'completed_work'
+                        AND s.unit = u.completed_work_id)
+                       OR (u.completed_work_id IS NULL AND s.kind = u.p_kind
+                           AND s.unit = u.p_entity)))
         ),
         extra AS (
-            SELECT d.batch_id, d.entity_kind, d.entity_id, 'event, not planned' AS what
-            FROM done d
-            WHERE NOT EXISTS (
-                SELECT 1 FROM planned p WHERE p.batch_id = d.batch_id
-                  AND p.entity_kind = d.entity_kind AND p.entity_id = d.entity_id
-                  AND p.from_status = d.from_status AND p.to_status = d.to_status)
+            SELECT u.d_batch, u.d_kind, u.d_entity, 'event, not planned' AS what
+            FROM unmatched u WHERE u.p_batch IS NULL
         )
         SELECT *, count(*) OVER () FROM (SELECT * FROM missing UNION ALL SELECT * FROM extra) x
         ORDER BY batch_id, entity_kind, entity_id LIMIT %s
