@@ -213,3 +213,19 @@ def test_separator_characters_cannot_make_two_events_share_a_hash():
     two = {**base, "xform_id": "a", "from_status": "b\x1fc"}
     assert chain.event_hash("0" * 64, one, 1) == chain.event_hash("0" * 64, two, 1)
     assert chain.event_hash("0" * 64, one, 2) != chain.event_hash("0" * 64, two, 2)
+
+
+def test_an_event_altered_after_apply_is_named_from_both_sides_by_plans(applied):
+    """The plan check matches events and planned changes both ways: an event whose statuses
+    were rewritten leaves its planned change without an event and is itself never planned."""
+    event = CorrectionEvent.objects.filter(batch_id=applied.batch).order_by("id").first()
+    assert verify.run_checks(["plans"]).ok
+    with lift_all():
+        sql(f"UPDATE {EVENTS} SET from_status = 'tampered' WHERE id = %s", [event.pk])
+    messages = problems(verify.run_checks(["plans"]), "plans")
+    unit = f"{event.entity_kind} {event.entity_id}"
+    assert (
+        f"batch {applied.batch}: {unit} was planned and not skipped, but has no event" in messages
+    )
+    assert f"batch {applied.batch}: event for {unit} that was never planned" in messages
+    assert len(messages) == 2
