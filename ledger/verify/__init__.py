@@ -67,6 +67,7 @@ from ledger.verify.common import (
     Problem,
     Result,
     VerifyReport,
+    shared_reads,
 )
 from ledger.verify.continuity import check_continuity
 from ledger.verify.drift import check_drift
@@ -165,6 +166,10 @@ def run_checks(
     problems: list[Problem] = []
 
     def read_only() -> None:
+        with shared_reads():
+            _read_only()
+
+    def _read_only() -> None:
         for name in names:
             if name in WRITING_CHECKS:
                 continue

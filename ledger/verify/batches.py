@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ledger.verify.common import MAX_PROBLEMS_PER_CHECK, Problem, Result, fetchall, scalar, tables
+from ledger.verify.lifecycle import read_events
 
 
 def check_batches() -> Result:
@@ -18,24 +19,20 @@ def check_batches() -> Result:
 
     limit = [MAX_PROBLEMS_PER_CHECK]
     # A batch's state says how many of its events are inverted: none (applied), some
-    # (partially_undone) or all (undone).
-    add(
-        fetchall(
-            f"""
-            SELECT b.id, b.state, count(e.id), count(i.id), count(*) OVER ()
-            FROM {t["batch"]} b
-            LEFT JOIN {t["event"]} e ON e.batch_id = b.id
-            LEFT JOIN {t["event"]} i ON i.inverts_id = e.id
+    # (partially_undone) or all (undone). The counts are the lifecycle check's own.
+    counts = read_events()
+    wrong = []
+    for b, state in fetchall(
+        f"""SELECT b.id, b.state FROM {t["batch"]} b
             WHERE b.state IN ('applied', 'partially_undone', 'undone') AND b.planner <> 'undo'
-            GROUP BY b.id, b.state, b.created_at
-            HAVING CASE b.state
-                WHEN 'applied' THEN count(i.id) <> 0
-                WHEN 'undone' THEN count(i.id) <> count(e.id)
-                ELSE count(i.id) = 0 OR count(i.id) = count(e.id) END
-            ORDER BY b.created_at LIMIT %s
-            """,
-            limit,
-        ),
+            ORDER BY b.created_at"""
+    ):
+        events, _, _, inverted = counts.get(str(b), (0, None, None, 0))
+        right = {"applied": inverted == 0, "undone": inverted == events}
+        if not right.get(state, 0 < inverted < events):
+            wrong.append((b, state, events, inverted))
+    add(
+        [(*row, len(wrong)) for row in wrong[:MAX_PROBLEMS_PER_CHECK]],
         lambda b, state, events, inverted: Problem(
             check="batches",
             batch=str(b),

@@ -9,6 +9,7 @@ from ledger.verify.common import (
     ChainHead,
     Problem,
     Result,
+    event_count,
     fetchall,
     scalar,
     tables,
@@ -114,9 +115,8 @@ def event_chain_problems(
 
 
 def check_chain() -> Result:
-    t = tables()
     total, problems = event_chain_problems()
-    checked = scalar(f"SELECT count(*) FROM {t['event']}")
+    checked = event_count()
     note = f"first broken event: {problems[0].event_id}" if problems else ""
     head = head_problem()
     if head:
@@ -135,7 +135,7 @@ def head_problem() -> Problem | None:
     actual = []
     for tbl in (t["event"], t["entry"]):
         last = fetchall(f"SELECT id, hash FROM {tbl} ORDER BY id DESC LIMIT 1")
-        count = scalar(f"SELECT count(*) FROM {tbl}")
+        count = event_count() if tbl == t["event"] else scalar(f"SELECT count(*) FROM {tbl}")
         actual += [last[0][0] if last else None, last[0][1] if last else chain.GENESIS, count]
     if not rows:
         if actual[2] == 0 and actual[5] == 0:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
 
 import msgspec
 from django.db import connection
@@ -18,6 +21,9 @@ from ledger.models import (
 )
 
 MAX_PROBLEMS_PER_CHECK = 100
+
+T = TypeVar("T")
+_SHARED: ContextVar[dict | None] = ContextVar("ledger_verify_shared", default=None)
 
 
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -84,3 +90,29 @@ def scalar(sql: str, params: Iterable = ()):
 
 Result = tuple[int, int, list[Problem], str]
 """(checked, total problems, listed problems, note)"""
+
+
+@contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within one verify run, a whole-ledger read that several checks need (the events'
+    count, each batch's event counts) is made once: the checks read one snapshot, so the
+    second read would only repeat a scan of millions of events."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shared(key: str, read: Callable[[], T]) -> T:
+    """``read()``, made once per :func:`shared_reads` block (every time outside one)."""
+    memo = _SHARED.get()
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
+def event_count() -> int:
+    return shared("events", lambda: scalar(f"SELECT count(*) FROM {tables()['event']}"))

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ledger.verify.common import MAX_PROBLEMS_PER_CHECK, Problem, Result, fetchall, scalar, tables
+from ledger.verify.common import (
+    MAX_PROBLEMS_PER_CHECK,
+    Problem,
+    Result,
+    event_count,
+    fetchall,
+    tables,
+)
 
 
 def check_continuity() -> Result:
@@ -75,5 +82,5 @@ def check_continuity() -> Result:
             )
         )
     total = (breaks[0][7] if breaks else 0) + (mirrors[0][10] if mirrors else 0)
-    checked = scalar(f"SELECT count(*) FROM {t['event']}")
+    checked = event_count()
     return checked, total, problems, ""

@@ -11,7 +11,14 @@ import msgspec
 
 from ledger import chain, conf, entries
 from ledger.models import CorrectionBatch
-from ledger.verify.common import MAX_PROBLEMS_PER_CHECK, Problem, Result, fetchall, tables
+from ledger.verify.common import (
+    MAX_PROBLEMS_PER_CHECK,
+    Problem,
+    Result,
+    fetchall,
+    shared,
+    tables,
+)
 from ledger.verify.people import PERMISSIONS, UNDO_PLAN, Directory
 
 _BATCHES_AT_ONCE = 2000
@@ -81,7 +88,14 @@ def read_steps(batch_ids: list[str] | None = None) -> dict[str, list[Step]]:
 
 
 def read_events(batch_ids: list[str] | None = None) -> dict[str, tuple]:
-    """Per batch: its event count, last event id and hash, and how many are inverted."""
+    """Per batch: its event count, last event id and hash, and how many are inverted (of the
+    given batches, or all: read once per verify run, ``batches`` needs the same counts)."""
+    if batch_ids is None:
+        return shared("batch_events", _read_events)
+    return _read_events(batch_ids)
+
+
+def _read_events(batch_ids: list[str] | None = None) -> dict[str, tuple]:
     t = tables()
     where, params = ("WHERE e.batch_id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
     return {

@@ -10,7 +10,7 @@ from commcare_connect.opportunity.models import CompletedWork, UserVisit
 from ledger import verify
 from ledger.models import AccrualRecompute, CorrectionEvent
 
-from .conftest import insert_events, make_batch
+from .conftest import insert_events, lift_all, make_batch, sql
 
 EVENT_GUARD = "ledger.CorrectionEvent:ledger_event_append_only"
 EVENTS = CorrectionEvent._meta.db_table
@@ -162,6 +162,29 @@ def test_batch_state_consistency(db):
         f"batch {orphan_undone.pk} is undone but no applied undo batch reverts it",
         f"batch {planned_with_events.pk} is planned yet has events",
     ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("story", "state", "inverted"),
+    [("applied", "undone", 0), ("applied", "partially_undone", 0),
+     ("undone", "applied", "all"), ("undone", "partially_undone", "all")],
+)  # fmt: skip
+def test_a_batch_state_that_disagrees_with_its_inverted_events(db, request, story, state, inverted):
+    """A batch's state against how many of its events are inverted, whether the verify run
+    reads the counts for ``batches`` alone or shares them with ``lifecycle``."""
+    batch = request.getfixturevalue(story).batch
+    events = CorrectionEvent.objects.filter(batch_id=batch).count()
+    with lift_all():
+        sql("UPDATE ledger_correctionbatch SET state = %s WHERE id = %s", [state, batch])
+    expected = (
+        f"batch {batch} is {state} but {events if inverted == 'all' else 0} of its {events} "
+        "events are inverted"
+    )
+    for names in (["batches"], ["lifecycle", "batches"], None):
+        report = verify.run_checks(names, sample=0)
+        assert expected in [p.message for p in report.problems if p.check == "batches"]
+    report = verify.run_checks(["batches"])
+    assert sum(1 for p in report.problems if "events are inverted" in p.message) == 1
 
 
 def test_unknown_check_name(db):
