@@ -12,7 +12,7 @@ import datetime
 import io
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from django.db import connection, transaction
@@ -299,3 +299,26 @@ def read_only_snapshot() -> Iterator[None]:
         with connection.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
+
+
+@contextmanager
+def local_settings(values: Mapping[str, str]) -> Iterator[None]:
+    """Settings for the statements inside, local to the current transaction; the previous
+    values come back after, so a caller's own transaction is left as it was. (A block that
+    fails leaves its transaction to be rolled back, which undoes them anyway.)"""
+    names = list(values)
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT {', '.join(['current_setting(%s)'] * len(names))}", names)
+        previous = cur.fetchone()
+        _set_local(cur, zip(names, (values[n] for n in names), strict=True))
+    yield
+    with connection.cursor() as cur:
+        _set_local(cur, zip(names, previous, strict=True))
+
+
+def _set_local(cur, pairs: Iterable[tuple[str, str]]) -> None:
+    pairs = list(pairs)
+    cur.execute(
+        f"SELECT {', '.join(['set_config(%s, %s, true)'] * len(pairs))}",
+        [item for pair in pairs for item in pair],
+    )

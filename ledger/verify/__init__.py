@@ -53,9 +53,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from django.db import connection, transaction
-
 from ledger.errors import LedgerError
+from ledger.sql import local_settings, read_only_snapshot
 from ledger.verify.accruals import DEFAULT_SAMPLE, check_accruals
 from ledger.verify.anchors import check_anchors
 from ledger.verify.batches import check_batches
@@ -89,6 +88,12 @@ CHECKS = (
 )
 # Checks that need writes (rolled back) run after the read-only snapshot.
 WRITING_CHECKS = ("accruals",)
+
+# The checks scan, sort and join whole tables and keep only what is wrong. PostgreSQL's
+# default price of passing rows up from parallel workers (0.1 each) assumes the rows are
+# wanted; here they are counted or filtered away, so the joins and sorts of millions of
+# events are spread over its parallel workers too (a quarter to a third less time each).
+PARALLEL_READS = {"parallel_tuple_cost": "0.001"}
 
 _RUNNERS: dict[str, Callable[[], Result]] = {
     "triggers": check_triggers,
@@ -165,11 +170,9 @@ def run_checks(
     outcomes: list[CheckOutcome] = []
     problems: list[Problem] = []
 
-    def read_only() -> None:
-        with shared_reads():
-            _read_only()
-
-    def _read_only() -> None:
+    # One snapshot for every read-only check (their own REPEATABLE READ transaction when
+    # called outside one), so they agree with each other while corrections keep being applied.
+    with read_only_snapshot(), local_settings(PARALLEL_READS), shared_reads():
         for name in names:
             if name in WRITING_CHECKS:
                 continue
@@ -180,14 +183,6 @@ def run_checks(
             outcome, listed = _outcome("anchors", lambda: check_anchors(anchors))
             outcomes.append(outcome)
             problems.extend(listed)
-
-    if connection.in_atomic_block:
-        read_only()
-    else:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            read_only()
     if "accruals" in names:
         outcome, listed = _outcome("accruals", lambda: check_accruals(sample))
         outcomes.append(outcome)

@@ -200,3 +200,23 @@ def test_runs_in_its_own_read_only_snapshot_outside_a_transaction():
     report = verify.run_checks()
     assert report.ok, report.problems
     assert not connection.in_atomic_block
+
+
+def _setting(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s)", [name])
+        return cursor.fetchone()[0]
+
+
+def test_local_settings_hold_inside_and_are_restored_after(db):
+    """verify spreads its scans over parallel workers for its own statements only: inside a
+    caller's transaction, the caller's settings are back once it returns."""
+    from ledger.sql import local_settings
+
+    before = _setting("parallel_tuple_cost")
+    with local_settings(verify.PARALLEL_READS):
+        assert _setting("parallel_tuple_cost") == verify.PARALLEL_READS["parallel_tuple_cost"]
+        assert _setting("parallel_tuple_cost") != before
+    assert _setting("parallel_tuple_cost") == before
+    assert verify.run_checks(["chain", "drift"]).ok
+    assert _setting("parallel_tuple_cost") == before
