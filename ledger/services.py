@@ -162,13 +162,12 @@ def _store_plan(
 
 
 def _leave_out(rows: list[PlannedRow], unstable: dict[int, str]) -> list[PlannedRow]:
-    """Exclude the units (a work with its visits) the host's recompute would not keep."""
-    return [
-        r._replace(excluded="would_not_hold")
-        if not r.excluded and r.completed_work_id in unstable
-        else r
-        for r in rows
-    ]
+    """Exclude the units (a work with its visits) the host's recompute would not keep, in
+    place (the plan is not held twice); return ``rows``."""
+    for i, r in enumerate(rows):
+        if not r.excluded and r.completed_work_id in unstable:
+            rows[i] = r._replace(excluded="would_not_hold")
+    return rows
 
 
 def _priced_plan(
@@ -303,9 +302,7 @@ def plan_visits(
     opts = VisitListOptions(
         xform_ids=xform_ids, visit_ids=visit_ids, to_status=to_status, expand=expand
     )
-    rows = plan_visit_list(opts)
-    named = [str(i) for i in (xform_ids if xform_ids is not None else visit_ids or [])]
-    duplicates = sorted(entry for entry, n in Counter(named).items() if n > 1)
+    duplicates = _duplicate_entries(xform_ids if xform_ids is not None else visit_ids or [])
     scope = {
         "xform_ids": len(xform_ids or []),
         "visit_ids": len(visit_ids or []),
@@ -313,9 +310,16 @@ def plan_visits(
         "expand": expand,
     }
     return _priced_plan(
-        Planner.visit_list, rows, reason, actor, ticket, scope, duplicates,
+        Planner.visit_list, plan_visit_list(opts), reason, actor, ticket, scope, duplicates,
         insist=True, exact=exact, progress=progress,
     )  # fmt: skip
+
+
+def _duplicate_entries(entries: Iterable) -> list[str]:
+    """The entries a list names more than once, as text, sorted (the list's own text is
+    freed on return, not held while the plan is built)."""
+    counts = Counter(str(entry) for entry in entries)
+    return sorted(entry for entry, n in counts.items() if n > 1)
 
 
 def discard_batch(batch_id: str, operator: str | None = None) -> CorrectionBatch:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import NamedTuple
 
 from django.db import connection
 
 from ledger import digests
-from ledger.sql import table
+from ledger.sql import chunks, cursor, table
 
 
 class PlannedRow(NamedTuple):
@@ -39,25 +40,32 @@ FEW_VALUED = tuple(
 
 
 _EXPECTED = PlannedRow._fields.index("prev_event_id")
+_ENTITY_KIND, _ENTITY_ID = itemgetter(0), itemgetter(1)
 
 
 def with_expectations(rows: list[PlannedRow]) -> list[PlannedRow]:
-    """The rows with the rest of their expected state: latest ledger event, a work's visits."""
+    """Fill in the rest of each row's expected state — latest ledger event, a work's visits —
+    in place, and return ``rows``.
+
+    Each row is replaced where it stands, so a plan of hundreds of thousands of rows is never
+    held twice: the row it replaces is freed as the new one takes its place.
+    """
     from ledger.state import latest_events, work_members
 
     work = "completed_work"
     latest = latest_events((r.entity_kind, r.entity_id) for r in rows)
-    members = work_members(r.entity_id for r in rows if r.entity_kind == work)
+    members = work_members(r.entity_id for r in rows if r.entity_kind == work).get
     latest_work = latest.by_kind.get(work, {}).get
     latest_visit = latest.by_kind.get("visit", {}).get
     make = PlannedRow._make  # a tuple each: _replace builds a dict per row
     head, tail = _EXPECTED, _EXPECTED + 2  # prev_event_id and members sit between them
-    return [
-        make((*r[:head], latest_work(r[1]), members.get(r[1]), *r[tail:]))
-        if r[0] == work
-        else make((*r[:head], latest_visit(r[1]), None, *r[tail:]))
-        for r in rows
-    ]
+    for i, r in enumerate(rows):
+        rows[i] = (
+            make((*r[:head], latest_work(r[1]), members(r[1]), *r[tail:]))
+            if r[0] == work
+            else make((*r[:head], latest_visit(r[1]), None, *r[tail:]))
+        )
+    return rows
 
 
 def plan_digest(
@@ -68,7 +76,9 @@ def plan_digest(
     order; pass ``presorted`` when they already are.
     """
     if not presorted:
-        rows = sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
+        # Two stable sorts on fields the rows already hold: no key tuple per row.
+        rows = sorted(rows, key=_ENTITY_ID)
+        rows.sort(key=_ENTITY_KIND)
     return digests.plan_digest(rows, fmt)
 
 
@@ -78,4 +88,12 @@ def fetch(sql: str, params: dict | list) -> list[tuple]:
         return cursor.fetchall()
 
 
-__all__ = ["PlannedRow", "fetch", "plan_digest", "table"]
+def stream(sql: str, params: dict | list) -> Iterator[tuple]:
+    """The rows of a query a chunk at a time (a server-side cursor, read-only like any
+    planner's read): a result of a plan's size is never held as one list."""
+    with cursor(chunked=True) as cur:
+        cur.execute(sql, params)
+        yield from chunks(cur)
+
+
+__all__ = ["PlannedRow", "fetch", "plan_digest", "stream", "table"]

@@ -23,7 +23,7 @@ from ledger.host import (
     VisitValidationStatus,
 )
 from ledger.models import EntityKind, ExclusionReason
-from ledger.planners.rows import PlannedRow, fetch, table
+from ledger.planners.rows import PlannedRow, fetch, stream, table
 from ledger.sql import int_array, text_array
 
 # Visit target → the status its completed work takes with it.
@@ -71,10 +71,13 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
     named = _named_visits(opts)
     if not named:
         raise LedgerError("the list names no visits")
+    ids = int_array(named)
+    del named  # a dict per named visit: not kept while the plan is built
     work_to = WORK_STATUS_FOR[opts.to_status]
 
-    # The named visits, their works, and every visit of those works, in one statement.
-    rows = fetch(
+    # The named visits, their works, and every visit of those works, in one statement, read a
+    # chunk at a time.
+    rows = stream(
         f"""
         WITH named AS (SELECT unnest(%(ids)s::bigint[]) AS id)
         SELECT v.id, v.completed_work_id, v.opportunity_id,
@@ -93,7 +96,7 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
                 WHERE id = ANY(%(ids)s::bigint[]) AND completed_work_id IS NOT NULL))
         ORDER BY v.completed_work_id NULLS FIRST, v.id
         """,
-        {"ids": int_array(named)},
+        {"ids": ids},
     )
 
     visit, work, excluded_trial, excluded_target = (
@@ -105,6 +108,11 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
     planned: list[PlannedRow] = []
     missing: dict[int, list[str]] = defaultdict(list)
     works_seen: dict[int, tuple] = {}
+    # The driver makes a new object of every value it reads. Values a plan repeats row after
+    # row (opportunity, access, statuses) are kept once each; a work's id once per work (its
+    # visits come together).
+    share = {}.setdefault
+    last_work = None
     for (
         visit_id,
         work_id,
@@ -119,6 +127,11 @@ def plan_visit_list(opts: VisitListOptions) -> list[PlannedRow]:
         invoiced,
     ) in rows:
         paid, invoiced = bool(paid), bool(invoiced)
+        opp_id, access_id = share(opp_id, opp_id), share(access_id, access_id)
+        status, work_status = share(status, status), share(work_status, work_status)
+        if work_id == last_work:
+            work_id = last_work
+        last_work = work_id
         if status in NEVER_FLIPPED or status == opts.to_status:
             if is_named:
                 reason = excluded_trial if status in NEVER_FLIPPED else excluded_target
