@@ -13,7 +13,7 @@ rows for as long as it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -49,6 +49,34 @@ class AccessPrice:
     @property
     def overpayment_exposure(self) -> Decimal:
         return max(ZERO, self.paid_to_date - self.projected_accrual)
+
+
+class Stamps(Mapping):
+    """The ``status_modified_date`` flips restore, by (entity kind, id): an undo's hundreds of
+    thousands held as one dict of ids per kind, without a key tuple per row."""
+
+    __slots__ = ("by_kind",)
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, dict[int, object]] = {}
+
+    def add(self, kind: str, pk: int, stamp: object) -> None:
+        ids = self.by_kind.get(kind)
+        if ids is None:
+            ids = self.by_kind[kind] = {}
+        ids[pk] = stamp
+
+    def __getitem__(self, key: tuple[str, int]) -> object:
+        kind, pk = key
+        return self.by_kind[kind][pk]
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        for kind, ids in self.by_kind.items():
+            for pk in ids:
+                yield kind, pk
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_kind.values()))
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ledger.planners.over_cap import OverCapOptions, resolve_opportunities
 from ledger.planners.over_cap import plan_over_cap as over_cap_rows
 from ledger.planners.rows import FEW_VALUED, PlannedRow, plan_digest, with_expectations
 from ledger.planners.visit_list import VisitListOptions, plan_visit_list
-from ledger.pricing import AccessPrice, price
+from ledger.pricing import AccessPrice, Stamps, price
 from ledger.projector import project
 from ledger.reports import plan_report, scan_report
 from ledger.retry import (
@@ -51,7 +51,7 @@ from ledger.schema import (
     ScanReport,
     to_builtins,
 )
-from ledger.sql import chunks, db_now, insert_rows, int_array, shared_strings, table
+from ledger.sql import chunks, db_now, insert_rows, shared_strings, table
 from ledger.sql import cursor as sql_cursor
 
 Progress = Callable[[str], None]
@@ -582,18 +582,18 @@ def _check_undoable(original: CorrectionBatch, planned_undo: CorrectionBatch | N
         )
 
 
-def _undo_rows_sql() -> str:
+def _undo_rows_sql(extra: str = "") -> str:
     """The inverse of each of a batch's events not inverted yet, as planned rows (columns as a
-    planned change's, ``%s`` the batch): each restores what its event overwrote and expects
-    that event (``prev_event_id``) to be its entity's latest still in force, and the visits it
-    recorded (``members``); with the unit's payment state and suspension now."""
+    planned change's, then ``extra``; ``%s`` the batch): each restores what its event overwrote
+    and expects that event (``prev_event_id``) to be its entity's latest still in force, and
+    the visits it recorded (``members``); with the unit's payment state and suspension now."""
     events = table(CorrectionEvent)
     return f"""
         SELECT e.entity_kind, e.entity_id, e.completed_work_id, e.opportunity_id,
                e.access_id, e.xform_id, e.to_status AS from_status, e.from_status AS to_status,
                '' AS excluded, COALESCE(a.suspended, false) AS suspended,
                e.id AS prev_event_id, e.members,
-               w.payment_date IS NOT NULL AS paid, w.invoice_id IS NOT NULL AS invoiced
+               w.payment_date IS NOT NULL AS paid, w.invoice_id IS NOT NULL AS invoiced{extra}
         FROM {events} e
         LEFT JOIN {table(host.CompletedWork)} w ON w.id = e.completed_work_id
         LEFT JOIN {table(host.OpportunityAccess)} a ON a.id = e.access_id
@@ -601,28 +601,28 @@ def _undo_rows_sql() -> str:
           AND NOT EXISTS (SELECT 1 FROM {events} i WHERE i.inverts_id = e.id)"""
 
 
-def _undo_rows(original: CorrectionBatch) -> list[PlannedRow]:
-    """:func:`_undo_rows_sql` read as planned rows, in digest order (to price an undo plan)."""
+_SHARED_IDS = tuple(PlannedRow._fields.index(name) for name in ("opportunity_id", "access_id"))
+
+
+def _undo_rows(original: CorrectionBatch) -> tuple[list[PlannedRow], Stamps]:
+    """:func:`_undo_rows_sql` read as planned rows, in digest order (to price an undo plan),
+    and the ``status_modified_date`` each row restores (what its event overwrote)."""
+    rows: list[PlannedRow] = []
+    stamps = Stamps()
+    share = {}.setdefault  # one object per opportunity and access, not one per row
     with sql_cursor(chunked=True) as cursor:
         cursor.execute(
-            f'{_undo_rows_sql()} ORDER BY e.entity_kind COLLATE "C", e.entity_id',
+            f"""{_undo_rows_sql(", e.prior_status_modified_date")}
+                ORDER BY e.entity_kind COLLATE "C", e.entity_id""",
             [original.pk],
         )
-        return [PlannedRow(*shared_strings(values, FEW_VALUED)) for values in chunks(cursor)]
-
-
-def _restored_stamps(event_ids: Iterable[int | None]) -> dict[int, object]:
-    """The ``status_modified_date`` each inverted event overwrote, by event id."""
-    ids = sorted({pk for pk in event_ids if pk is not None})
-    found: dict[int, object] = {}
-    with sql_cursor(chunked=True) as cursor:
-        cursor.execute(
-            f"""SELECT id, prior_status_modified_date FROM {table(CorrectionEvent)}
-                WHERE id = ANY(%s::bigint[])""",
-            [int_array(ids)],
-        )
-        found.update(chunks(cursor))
-    return found
+        for values in chunks(cursor):
+            row = list(shared_strings(values[:-1], FEW_VALUED))
+            for i in _SHARED_IDS:
+                row[i] = share(row[i], row[i])
+            rows.append(PlannedRow._make(row))
+            stamps.add(row[0], row[1], values[-1])
+    return rows, stamps
 
 
 def plan_undo(
@@ -646,14 +646,12 @@ def plan_undo(
     actor = people.actor(operator, people.PLAN)
     original = _get_batch(batch_id)
     _check_undoable(original)
-    rows = _undo_rows(original)
+    rows, stamps = _undo_rows(original)
     if not rows:
         raise WrongState(f"batch {original.pk} has no event left to undo")
-    stamps = _restored_stamps(r.prev_event_id for r in rows)
     report = _priced_plan(
         Planner.undo, rows, reason, actor, ticket, {"reverts": str(original.pk)},
-        progress=progress, reverts=original, exact=exact,
-        stamps={(r.entity_kind, r.entity_id): stamps.get(r.prev_event_id) for r in rows},
+        progress=progress, reverts=original, exact=exact, stamps=stamps,
     )  # fmt: skip
     if report.batch is None:
         raise WrongState(

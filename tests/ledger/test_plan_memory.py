@@ -1,0 +1,101 @@
+"""A large plan is held once: the shapes that keep planning's memory down give what the
+list-based forms gave."""
+
+from __future__ import annotations
+
+import random
+
+from commcare_connect.opportunity.models import UserVisit
+from ledger import digests, services
+from ledger.models import CorrectionBatch, CorrectionEvent
+from ledger.planners.rows import PlannedRow, plan_digest, with_expectations
+from ledger.planners.visit_list import VisitListOptions, plan_visit_list
+from ledger.pricing import Stamps
+from ledger.sql import int_array, text_array
+from ledger.state import latest_events, work_members
+
+
+def _visit_ids(works) -> list[int]:
+    return list(UserVisit.objects.filter(completed_work__in=works).values_list("pk", flat=True))
+
+
+def test_with_expectations_fills_the_planners_list_in_place(capped):
+    _, _, _, works = capped
+    services.apply_batch(
+        services.plan_visits("first", visit_ids=_visit_ids(works[:2])).batch,
+    )
+    rows = plan_visit_list(VisitListOptions(visit_ids=_visit_ids(works), to_status="rejected"))
+    latest = latest_events((r.entity_kind, r.entity_id) for r in rows)
+    members = work_members(r.entity_id for r in rows if r.entity_kind == "completed_work")
+    expected = [
+        r._replace(
+            prev_event_id=latest.get(r.entity_kind, r.entity_id),
+            members=members.get(r.entity_id) if r.entity_kind == "completed_work" else None,
+        )
+        for r in rows
+    ]
+    assert any(r.prev_event_id for r in expected) and any(r.members for r in expected)
+
+    filled = with_expectations(rows)
+
+    assert filled is rows  # no second copy of the plan
+    assert filled == expected
+
+
+def test_undo_rows_carry_the_dates_their_events_overwrote(capped):
+    _, _, _, works = capped
+    batch = services.plan_visits("first", visit_ids=_visit_ids(works)).batch
+    services.apply_batch(batch)
+    original = CorrectionBatch.objects.get(pk=batch)
+
+    rows, stamps = services._undo_rows(original)
+
+    events = CorrectionEvent.objects.filter(batch=original)
+    assert len(rows) == events.count() > 0
+    assert isinstance(stamps, Stamps)
+    assert dict(stamps) == {
+        (e.entity_kind, e.entity_id): e.prior_status_modified_date for e in events
+    }
+    assert all(stamps[(r.entity_kind, r.entity_id)] == stamps.get((r.entity_kind, r.entity_id))
+               for r in rows)  # fmt: skip
+    assert ("visit", -1) not in stamps and stamps.get(("nothing", 1), "x") == "x"
+    # In digest order, and the same digest as the database computes from the same rows.
+    assert rows == sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
+    with services.connection.cursor() as cursor:
+        cursor.execute(digests.sql_of_rows(services._undo_rows_sql()), [original.pk])
+        assert plan_digest(rows, presorted=True) == cursor.fetchone()[0]
+
+
+def _random_rows(rng: random.Random, n: int) -> list[PlannedRow]:
+    rows = []
+    for pk in rng.sample(range(1, 10 * n), n):
+        kind = rng.choice(("visit", "completed_work"))
+        rows.append(
+            PlannedRow(
+                kind, pk, rng.choice((None, pk)), rng.randint(1, 5), rng.choice((None, 7)),
+                rng.choice((None, "", f"x{pk}")), "approved", "over_limit",
+                rng.choice(("", "trial")), rng.random() < 0.5, rng.choice((None, pk + 1)),
+                rng.choice((None, "", f"{pk}:approved")), rng.random() < 0.5,
+                rng.random() < 0.5,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def test_plan_digest_sorts_as_by_kind_then_id():
+    rng = random.Random(7)
+    for n in (0, 1, 2, 50, 1000):
+        rows = _random_rows(rng, n)
+        by_key = sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
+        assert plan_digest(rows) == digests.plan_digest(by_key)
+        assert plan_digest(by_key, presorted=True) == digests.plan_digest(by_key)
+
+
+def test_array_text_is_the_same_joined_in_chunks():
+    ids = list(range(-5, 25_003))
+    assert int_array(ids) == "{" + ",".join(map(str, ids)) + "}"
+    assert int_array(iter(ids)) == int_array(ids)
+    assert int_array([]) == "{}"
+    texts = [None, 'a"b', "c\\d", *map(str, range(20_001))]
+    quoted = ['"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts[1:]]
+    assert text_array(texts) == "{" + ",".join(["NULL", *quoted]) + "}"
