@@ -84,3 +84,32 @@ def test_a_plan_is_priced_while_live_traffic_holds_every_row(workers, raw_connec
     assert report.batch is not None and report.totals.works == 60
     assert sum(a.worker_accrual_change for a in report.accesses) == -60 * 100
     assert elapsed < 1.0
+
+
+def test_visit_list_and_undo_plans_lock_nothing_either(workers):
+    """The visit-list planner and an undo's plan read their rows a chunk at a time through a
+    server-side cursor: a read like any other, which the probe can lock around."""
+    opportunities, rows = workers
+    visits = rows[UserVisit]
+    with LockProbe(rows) as probe:
+        until = time.monotonic() + 1.0
+        planned = 0
+        while planned < 2 or time.monotonic() < until:
+            report = services.plan_visits("probe", visit_ids=visits, to_status="rejected")
+            assert report.batch is not None
+            planned += 1
+    assert probe.errors == [] and probe.attempts >= 10
+    assert probe.failures == 0, probe.failed_tables
+
+    applied = services.plan_over_cap(opportunities, reason="to undo").batch
+    services.apply_batch(applied)
+    with LockProbe(rows) as probe:
+        until = time.monotonic() + 1.0
+        planned = 0
+        while planned < 2 or time.monotonic() < until:
+            undo = services.plan_undo(applied, reason="probe").batch
+            assert undo is not None
+            services.discard_batch(undo)  # one planned undo at a time
+            planned += 1
+    assert probe.errors == [] and probe.attempts >= 10
+    assert probe.failures == 0, probe.failed_tables
