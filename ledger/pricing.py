@@ -61,10 +61,7 @@ class Stamps(Mapping):
         self.by_kind: dict[str, dict[int, object]] = {}
 
     def add(self, kind: str, pk: int, stamp: object) -> None:
-        ids = self.by_kind.get(kind)
-        if ids is None:
-            ids = self.by_kind[kind] = {}
-        ids[pk] = stamp
+        self.by_kind.setdefault(kind, {})[pk] = stamp
 
     def __getitem__(self, key: tuple[str, int]) -> object:
         kind, pk = key
