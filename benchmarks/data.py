@@ -134,6 +134,18 @@ def batch_ids() -> dict[str, list[int]]:
     return ids
 
 
+def batch_visit_ids() -> list[int]:
+    """The batch's visit ids, as a list of ints and nothing else: the visit-list plan's input,
+    read as the command line would hold it (a list of 500,000 row tuples read only to keep
+    one column would weigh more than the plan being measured)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM bench_batch_rows "
+            "WHERE kind = 'visit'"
+        )
+        return cursor.fetchone()[0]
+
+
 def batch_rows() -> dict[str, tuple[list[int], list[str], list[datetime.datetime]]]:
     """Per kind: ids, snapshot statuses and stamps (what every step must leave in place)."""
     rows: dict[str, tuple[list, list, list]] = {

@@ -264,7 +264,7 @@ def plan_ledger_visits(params: dict, probe: Probe) -> dict:
     from ledger import services
     from ledger.models import PlannedChange
 
-    ids = data.batch_ids()["visit"]
+    ids = data.batch_visit_ids()
     phases: dict[str, float] = {}
     originals = {name: getattr(services, name) for name in PLAN_PHASES}
 

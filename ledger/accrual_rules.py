@@ -61,6 +61,7 @@ from ledger.host import (
     VisitValidationStatus,
 )
 from ledger.models import EntityKind
+from ledger.planners.held import HeldRows
 from ledger.planners.rows import PlannedRow
 from ledger.sql import chunks, cursor, int_array, table, text_array
 
@@ -456,7 +457,7 @@ def _rows(params: dict) -> Iterator[_Row]:
 
 
 def project(
-    flips: list[PlannedRow],
+    flips: list[PlannedRow] | HeldRows,
     access_ids: Iterable[int],
     *,
     now: datetime.datetime,
@@ -466,14 +467,16 @@ def project(
 ) -> Projection:
     """The host's recompute of ``access_ids`` after ``flips`` are applied at ``now``.
 
-    ``flips`` are the rows that will be flipped (none excluded); ``stamps`` the
+    ``flips`` are the rows that will be flipped (none excluded), or rows the database holds
+    (:class:`~ledger.planners.held.HeldRows`, their own dates with them); ``stamps`` the
     ``status_modified_date`` an undo restores, by (entity kind, id). Reads only; call it inside
     a read-only repeatable-read transaction so every read sees the same snapshot.
     """
     access_ids = sorted(set(access_ids))
+    held = isinstance(flips, HeldRows)
     tz = timezone.get_default_timezone_name() if settings.USE_TZ else "UTC"
     params = {
-        **_flip_arrays(flips, stamps or {}),
+        **(flips.flip_arrays() if held else _flip_arrays(flips, stamps or {})),
         "accesses": int_array(access_ids),
         "now": now,
         "today": timezone.localdate(now) if settings.USE_TZ else now.date(),
@@ -487,7 +490,11 @@ def project(
         "pending": str(CompletedWorkStatus.pending),
         "usd": USD,
     }
-    planned = {r.entity_id: r.to_status for r in flips if r.entity_kind == "completed_work"}
+    planned = (
+        flips.planned_works()
+        if held
+        else {r.entity_id: r.to_status for r in flips if r.entity_kind == "completed_work"}
+    )
     sums = {pk: AccessSums() for pk in access_ids}
     final: dict[int, str] = {}
     works: dict[int, WorkAfter] | None = {} if keep_works else None

@@ -20,6 +20,7 @@ from decimal import Decimal
 from ledger import accrual_rules
 from ledger.accrual_rules import AccessSums
 from ledger.host import Currency, Opportunity, OpportunityAccess, Payment
+from ledger.planners.held import HeldRows
 from ledger.planners.rows import PlannedRow
 from ledger.sql import cursor, db_now, int_array, read_only_snapshot, table
 
@@ -137,7 +138,7 @@ def _priced(described: dict[int, AccessPrice], sums: dict[int, AccessSums]) -> d
 
 
 def price(
-    rows: Iterable[PlannedRow],
+    rows: Iterable[PlannedRow] | HeldRows,
     progress: Callable[[str], None] | None = None,
     stamps: Mapping[tuple[str, int], object] | None = None,
     *,
@@ -150,16 +151,29 @@ def price(
     ``status_modified_date`` a flip restores (an undo; ``None`` restores no date); every other
     flip is stamped with the apply's time, as the projector does. A plan whose pricing needs an
     exchange rate that is not stored is refused: the host would fetch it over the network in
-    the middle of its recompute.
+    the middle of its recompute. ``rows`` held by the database (an undo's) are read in the
+    pricing snapshot, their dates with them; their digest there is kept as ``priced_digest``.
     """
-    flips = [r for r in rows if not r.excluded]
-    access_ids = sorted({r.access_id for r in flips if r.access_id is not None})
-    if not access_ids:
-        return Pricing({}, {})
-    if progress:
-        how = "by the host's own code" if exact else "by the host's rules"
-        progress(f"pricing {len(flips)} flips across {len(access_ids)} accesses {how}")
+    held = isinstance(rows, HeldRows)
+    if held and exact:
+        raise ValueError("the host's own code prices rows read into Python, not held rows")
     with read_only_snapshot():
+        if held:
+            # The rows are a query: read them in the pricing snapshot, and note what was
+            # priced, for the caller to check it is what gets stored.
+            flips = rows
+            access_ids = rows.access_ids()
+            count = rows.flip_count() if progress else 0
+            rows.priced_digest = rows.digest()
+        else:
+            flips = [r for r in rows if not r.excluded]
+            access_ids = sorted({r.access_id for r in flips if r.access_id is not None})
+            count = len(flips)
+        if not access_ids:
+            return Pricing({}, {})
+        if progress:
+            how = "by the host's own code" if exact else "by the host's rules"
+            progress(f"pricing {count} flips across {len(access_ids)} accesses {how}")
         described = _described(access_ids)
         # Read in the same snapshot: refuses a plan that would make the host fetch a rate,
         # before the exact path would run the host's code into that fetch.

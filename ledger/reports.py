@@ -10,6 +10,7 @@ from django.db.models import Sum
 
 from ledger import host
 from ledger.models import EntityKind
+from ledger.planners.held import HeldRows
 from ledger.planners.rows import PlannedRow
 from ledger.pricing import AccessPrice
 from ledger.schema import (
@@ -25,7 +26,10 @@ from ledger.schema import (
 ZERO = Decimal(0)
 
 
-def _exclusions(rows: list[PlannedRow]) -> list[Exclusion]:
+def _excluded(rows: list[PlannedRow] | HeldRows) -> dict[str, tuple[list[int], list[int]]]:
+    """Per exclusion reason: the work ids and the visit ids it leaves alone, sorted."""
+    if isinstance(rows, HeldRows):
+        return rows.excluded()
     works: dict[str, set[int]] = defaultdict(set)
     visits: dict[str, list[int]] = defaultdict(list)
     for r in rows:
@@ -34,16 +38,34 @@ def _exclusions(rows: list[PlannedRow]) -> list[Exclusion]:
                 works[r.excluded].add(r.entity_id)
             else:
                 visits[r.excluded].append(r.entity_id)
+    return {
+        reason: (sorted(works[reason]), sorted(visits[reason]))
+        for reason in set(works) | set(visits)
+    }
+
+
+def _exclusions(excluded: dict[str, tuple[list[int], list[int]]]) -> list[Exclusion]:
     return [
         Exclusion(
             reason=reason,
-            works=len(works[reason]),
-            visits=len(visits[reason]),
-            completed_work_ids=sorted(works[reason]),
-            visit_ids=sorted(visits[reason]),
+            works=len(excluded[reason][0]),
+            visits=len(excluded[reason][1]),
+            completed_work_ids=excluded[reason][0],
+            visit_ids=excluded[reason][1],
         )
-        for reason in sorted(set(works) | set(visits))
+        for reason in sorted(excluded)
     ]
+
+
+def _counts(rows: list[PlannedRow] | HeldRows) -> dict[int, list[int]]:
+    """Per access: [works, visits] flipped."""
+    if isinstance(rows, HeldRows):
+        return defaultdict(lambda: [0, 0], rows.counts_by_access())
+    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if not r.excluded and r.access_id is not None:
+            counts[r.access_id][0 if r.entity_kind == EntityKind.completed_work else 1] += 1
+    return counts
 
 
 SUSPENDED_NOTE = (
@@ -66,17 +88,14 @@ def plan_report(
     reason: str,
     scope: dict,
     digest: str | None,
-    rows: list[PlannedRow],
+    rows: list[PlannedRow] | HeldRows,
     prices: dict[int, AccessPrice],
     duplicate_entries: list[str] | None = None,
     *,
     pricing: str = "projection",
     order_dependent: Iterable[int] = (),
 ) -> PlanReport:
-    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for r in rows:
-        if not r.excluded and r.access_id is not None:
-            counts[r.access_id][0 if r.entity_kind == EntityKind.completed_work else 1] += 1
+    counts = _counts(rows)
     accesses = []
     for access_id, p in sorted(prices.items()):
         works, visits = counts[access_id]
@@ -116,7 +135,8 @@ def plan_report(
         t.org_accrual_change += a.org_accrual_change
         t.paid_to_date += a.paid_to_date
         t.overpayment_exposure += a.overpayment_exposure
-    excluded_works = {r.entity_id for r in rows if r.excluded and r.entity_kind == "completed_work"}
+    excluded = _excluded(rows)
+    excluded_works = {pk for works, _ in excluded.values() for pk in works}
     totals = PlanTotals(
         accesses=len(accesses),
         suspended_accesses=sum(1 for a in accesses if a.suspended),
@@ -135,7 +155,7 @@ def plan_report(
         scope=scope,
         plan_digest=digest,
         accesses=accesses,
-        exclusions=_exclusions(rows),
+        exclusions=_exclusions(excluded),
         totals=totals,
         duplicate_entries=duplicate_entries or [],
         notes=_notes(totals, sorted(order_dependent)),

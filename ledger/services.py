@@ -29,6 +29,7 @@ from ledger.models import (
     RecomputeState,
 )
 from ledger.people import Actor
+from ledger.planners.held import HeldRows
 from ledger.planners.over_cap import OverCapOptions, resolve_opportunities
 from ledger.planners.over_cap import plan_over_cap as over_cap_rows
 from ledger.planners.rows import FEW_VALUED, PlannedRow, plan_digest, with_expectations
@@ -120,7 +121,7 @@ def _check_work_ids(ids: Iterable[int]) -> frozenset[int]:
 
 def _store_plan(
     planner: str,
-    rows: list[PlannedRow],
+    rows: list[PlannedRow] | HeldRows,
     prices: dict[int, AccessPrice],
     *,
     reason: str,
@@ -132,7 +133,8 @@ def _store_plan(
     order_dependent: Iterable[int] = (),
     reverts: CorrectionBatch | None = None,
 ) -> PlanReport:
-    digest = plan_digest(rows)
+    held = isinstance(rows, HeldRows)
+    digest = rows.priced_digest if held else plan_digest(rows)
     batch_id = uuid.uuid4()
     report = plan_report(
         str(batch_id), BatchState.planned, planner, reason, scope, digest, rows, prices,
@@ -141,6 +143,15 @@ def _store_plan(
     with transaction.atomic():
         if reverts is not None:
             _check_undoable(_get_batch(str(reverts.pk), lock=True))
+        if held:
+            # The rows are read again to be stored: they must be the rows priced. The batch
+            # row follows its changes (the foreign key is checked at commit).
+            _, stored = rows.store(batch_id)
+            if stored != digest:
+                raise LedgerError(
+                    "the rows of this plan changed while it was priced (a batch applied, a "
+                    "work paid or an access suspended meanwhile); plan it again"
+                )
         batch = CorrectionBatch.objects.create(
             id=batch_id,
             planner=planner,
@@ -152,18 +163,24 @@ def _store_plan(
             reverts=reverts,
             summary={"plan": to_builtins(report)},
         )
-        insert_rows(
-            PlannedChange,
-            ("batch_id", *PlannedRow._fields),
-            ((batch_id, *row) for row in rows),
-        )
+        if not held:
+            insert_rows(
+                PlannedChange,
+                ("batch_id", *PlannedRow._fields),
+                ((batch_id, *row) for row in rows),
+            )
         entries.record(batch, "plan", actor, entries.plan_details(batch))
     return report
 
 
-def _leave_out(rows: list[PlannedRow], unstable: dict[int, str]) -> list[PlannedRow]:
+def _leave_out(
+    rows: list[PlannedRow] | HeldRows, unstable: dict[int, str]
+) -> list[PlannedRow] | HeldRows:
     """Exclude the units (a work with its visits) the host's recompute would not keep, in
     place (the plan is not held twice); return ``rows``."""
+    if isinstance(rows, HeldRows):
+        rows.leave_out(unstable)
+        return rows
     for i, r in enumerate(rows):
         if not r.excluded and r.completed_work_id in unstable:
             rows[i] = r._replace(excluded="would_not_hold")
@@ -172,7 +189,7 @@ def _leave_out(rows: list[PlannedRow], unstable: dict[int, str]) -> list[Planned
 
 def _priced_plan(
     planner: str,
-    rows: list[PlannedRow],
+    rows: list[PlannedRow] | HeldRows,
     reason: str,
     actor: Actor,
     ticket: str,
@@ -201,7 +218,9 @@ def _priced_plan(
         rows = with_expectations(rows)
     prices: dict[int, AccessPrice] = {}
     for _ in range(PRICING_PASSES):
-        if not any(not r.excluded for r in rows):
+        if not (
+            rows.has_flips() if isinstance(rows, HeldRows) else any(not r.excluded for r in rows)
+        ):
             return plan_report(
                 None, "empty", planner, reason, scope, None, rows, {}, duplicate_entries,
                 pricing=method,
@@ -646,8 +665,14 @@ def plan_undo(
     actor = people.actor(operator, people.PLAN)
     original = _get_batch(batch_id)
     _check_undoable(original)
-    rows, stamps = _undo_rows(original)
-    if not rows:
+    if exact:  # the host's own code needs the rows and their dates in Python
+        rows, stamps = _undo_rows(original)
+    else:  # the database holds them: an undo of 500,000 flips is not read into memory
+        rows, stamps = (
+            HeldRows(_undo_rows_sql(", e.prior_status_modified_date AS stamp"), [original.pk]),
+            None,
+        )
+    if not (rows.has_flips() if isinstance(rows, HeldRows) else rows):
         raise WrongState(f"batch {original.pk} has no event left to undo")
     report = _priced_plan(
         Planner.undo, rows, reason, actor, ticket, {"reverts": str(original.pk)},

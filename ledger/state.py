@@ -13,7 +13,8 @@ from django.db import connection
 
 from ledger.host import UserVisit
 from ledger.models import CorrectionEvent
-from ledger.sql import int_array, table
+from ledger.sql import chunks, int_array, table
+from ledger.sql import cursor as sql_cursor
 
 
 def unit_of(kind: str, entity_id: int, work_id: int | None) -> tuple[str, int]:
@@ -39,14 +40,14 @@ def work_members(work_ids: Iterable[int]) -> dict[int, str]:
     found = dict.fromkeys(ids, "")
     if not ids:
         return found
-    with connection.cursor() as cursor:
+    with sql_cursor(chunked=True) as cursor:  # a chunk at a time: a plan's works by the 100,000
         cursor.execute(
             f"""SELECT completed_work_id, string_agg(id::text || ':' || status, ',' ORDER BY id)
                 FROM {table(UserVisit)} WHERE completed_work_id = ANY(%s::bigint[])
                 GROUP BY completed_work_id""",
             [int_array(ids)],
         )
-        found.update(cursor.fetchall())
+        found.update(chunks(cursor))
     return found
 
 
@@ -80,8 +81,8 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
         if live
         else ""
     )
-    with connection.cursor() as cursor:
-        for kind, ids in sorted(ids_by_kind.items()):
+    for kind, ids in sorted(ids_by_kind.items()):
+        with sql_cursor(chunked=True) as cursor:
             # One kind at a time: the ids go as one integer array, no kind per row.
             cursor.execute(
                 f"""SELECT u.id, l.id
@@ -94,7 +95,7 @@ def latest_events(pairs: Iterable[tuple[str, int]], *, live: bool = False) -> La
                 [int_array(sorted(ids)), kind],
             )
             latest = found.by_kind[kind] = {}
-            for pk, event_id in cursor:  # a row at a time: no list of them all
+            for pk, event_id in chunks(cursor):  # a chunk at a time: no list of them all
                 latest[pk] = event_id
     return found
 

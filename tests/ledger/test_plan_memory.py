@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from commcare_connect.opportunity.models import UserVisit
 from ledger import digests, services
+from ledger.errors import LedgerError
 from ledger.models import CorrectionBatch, CorrectionEvent
 from ledger.planners.rows import PlannedRow, plan_digest, with_expectations
 from ledger.planners.visit_list import VisitListOptions, plan_visit_list
@@ -99,3 +102,53 @@ def test_array_text_is_the_same_joined_in_chunks():
     texts = [None, 'a"b', "c\\d", *map(str, range(20_001))]
     quoted = ['"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts[1:]]
     assert text_array(texts) == "{" + ",".join(["NULL", *quoted]) + "}"
+
+
+# -- an undo plan the database holds ------------------------------------------------------------
+
+
+def test_an_undo_plan_held_by_the_database_matches_the_rows_read_into_python(capped):
+    """The undo plan the database holds (priced, digested, counted and stored in SQL) is the
+    plan of the same rows read into Python and priced by the host's own code."""
+    _, _, access, works = capped
+    batch = services.plan_visits("first", visit_ids=_visit_ids(works), expand=True).batch
+    services.apply_batch(batch)
+    original = CorrectionBatch.objects.get(pk=batch)
+    rows, _ = services._undo_rows(original)
+
+    held = services.plan_undo(batch, "undo")
+    stored = CorrectionBatch.objects.get(pk=held.batch)
+    services.discard_batch(held.batch)
+    exact = services.plan_undo(batch, "undo", exact=True)
+
+    assert held.plan_digest == stored.plan_digest == plan_digest(rows) == exact.plan_digest
+    assert held.totals == exact.totals and held.totals.visits == len(works) * 2
+    assert held.accesses == exact.accesses and held.exclusions == exact.exclusions
+    assert stored.changes.count() == len(rows)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_undo_plan_refuses_rows_that_changed_while_it_was_priced(capped, raw_connection):
+    """The held rows are read again to be stored: a work paid by another session while the
+    plan is priced (its row now says paid) makes them differ from the rows priced and
+    digested, and the plan is refused with nothing stored."""
+    from commcare_connect.opportunity.models import CompletedWork
+
+    _, _, _, works = capped
+    batch = services.plan_visits("first", visit_ids=_visit_ids(works), expand=True).batch
+    services.apply_batch(batch)
+    paid = []
+
+    def pay_one_meanwhile(message: str) -> None:
+        if not paid:
+            paid.append(works[-1].pk)
+            raw_connection.execute(
+                f"UPDATE {CompletedWork._meta.db_table} SET payment_date = now() WHERE id = %s",
+                [works[-1].pk],
+            )
+
+    before = CorrectionBatch.objects.count()
+    with pytest.raises(LedgerError, match="changed while it was priced"):
+        services.plan_undo(batch, "undo", progress=pay_one_meanwhile)
+    assert paid and CorrectionBatch.objects.count() == before
+    assert services.plan_undo(batch, "undo").batch  # planned again, it holds
