@@ -33,7 +33,7 @@ from ledger.planners.held import HeldRows
 from ledger.planners.over_cap import OverCapOptions, resolve_opportunities
 from ledger.planners.over_cap import plan_over_cap as over_cap_rows
 from ledger.planners.rows import FEW_VALUED, PlannedRow, plan_digest, with_expectations
-from ledger.planners.visit_list import VisitListOptions, plan_visit_list
+from ledger.planners.visit_list import VisitListOptions, plan_visit_list, staged_visit_list
 from ledger.pricing import AccessPrice, Stamps, price
 from ledger.projector import project
 from ledger.reports import plan_report, scan_report
@@ -214,7 +214,7 @@ def _priced_plan(
     """
     duplicate_entries = duplicate_entries or []
     method = "exact" if exact else "projection"
-    if reverts is None:
+    if reverts is None and not isinstance(rows, HeldRows):  # held rows carry them already
         rows = with_expectations(rows)
     prices: dict[int, AccessPrice] = {}
     for _ in range(PRICING_PASSES):
@@ -328,10 +328,16 @@ def plan_visits(
         "to_status": to_status,
         "expand": expand,
     }
-    return _priced_plan(
-        Planner.visit_list, plan_visit_list(opts), reason, actor, ticket, scope, duplicates,
-        insist=True, exact=exact, progress=progress,
-    )  # fmt: skip
+    if exact:  # the host's own code needs the rows in Python
+        return _priced_plan(
+            Planner.visit_list, plan_visit_list(opts), reason, actor, ticket, scope, duplicates,
+            insist=True, exact=True, progress=progress,
+        )  # fmt: skip
+    with staged_visit_list(opts) as rows:  # the database holds the rows
+        return _priced_plan(
+            Planner.visit_list, rows, reason, actor, ticket, scope, duplicates, insist=True,
+            progress=progress,
+        )  # fmt: skip
 
 
 def _duplicate_entries(entries: Iterable) -> list[str]:

@@ -17,8 +17,10 @@ caller compares it with the digest taken in the pricing snapshot (:meth:`HeldRow
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from ledger import digests
 from ledger.models import EntityKind, ExclusionReason, PlannedChange
@@ -34,9 +36,11 @@ class HeldRows:
     ``stamp``: the ``status_modified_date`` the flip restores), with the units pricing left out
     (:meth:`leave_out`) marked ``would_not_hold``."""
 
-    def __init__(self, rows_sql: str, params: list) -> None:
+    def __init__(self, rows_sql: str, params: list, *, restores_dates: bool = True) -> None:
         self.rows_sql = rows_sql
         self.params = list(params)
+        # An undo restores each work's own date; any other flip is stamped at apply.
+        self.restores_dates = restores_dates
         self.left_out: set[int] = set()
         self.priced_digest: str | None = None
 
@@ -122,8 +126,8 @@ class HeldRows:
             "work_to": work_to,
             "visit_ids": visit_ids,
             "visit_to": visit_to,
-            "restored_ids": work_ids,
-            "restored_stamps": stamps,
+            "restored_ids": work_ids if self.restores_dates else "{}",
+            "restored_stamps": stamps if self.restores_dates else "{}",
         }
 
     def planned_works(self) -> dict[int, str]:
@@ -191,3 +195,40 @@ class HeldRows:
             )
             count, digest = cur.fetchone()
         return count, digest
+
+
+# -- rows staged in a temporary table -----------------------------------------------------------
+
+STAGED = "pg_temp.ledger_plan_rows"
+_TYPES = {
+    "entity_kind": "text", "entity_id": "bigint", "completed_work_id": "bigint",
+    "opportunity_id": "bigint", "access_id": "bigint", "xform_id": "text",
+    "from_status": "text", "to_status": "text", "excluded": "text", "suspended": "boolean",
+    "prev_event_id": "bigint", "members": "text", "paid": "boolean", "invoiced": "boolean",
+    "stamp": "timestamptz",
+}  # fmt: skip
+
+
+@contextmanager
+def staged(rows_sql: str, params: list | dict) -> Iterator[HeldRows]:
+    """The rows ``rows_sql`` selects (a planned row's columns, then ``stamp``), written once
+    to a temporary table of this session and held from there: a planner's query with its
+    joins runs once, the steps after it read a plain table. Nothing else can see or change
+    the table (it is the session's own, named with its schema); it is dropped on the way out.
+    """
+    assert list(_TYPES) == [*PlannedRow._fields, "stamp"]
+    columns = ", ".join(f"{name} {kind}" for name, kind in _TYPES.items())
+    with connection.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {STAGED}")
+        cur.execute(f"CREATE TEMPORARY TABLE {STAGED} ({columns})")
+        try:
+            cur.execute(f"INSERT INTO {STAGED} SELECT * FROM ({rows_sql}) r", params)
+            cur.execute(f"ANALYZE {STAGED}")
+            yield HeldRows(f"SELECT * FROM {STAGED}", [], restores_dates=False)
+        finally:
+            try:
+                cur.execute(f"DROP TABLE IF EXISTS {STAGED}")
+            except DatabaseError:
+                # The caller's transaction failed: its rollback drops the table it created,
+                # and the error that matters is the one on its way up.
+                pass

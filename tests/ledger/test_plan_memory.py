@@ -152,3 +152,72 @@ def test_an_undo_plan_refuses_rows_that_changed_while_it_was_priced(capped, raw_
         services.plan_undo(batch, "undo", progress=pay_one_meanwhile)
     assert paid and CorrectionBatch.objects.count() == before
     assert services.plan_undo(batch, "undo").batch  # planned again, it holds
+
+
+# -- a visit list planned in the database -------------------------------------------------------
+
+
+def _held(opts: VisitListOptions) -> tuple[list[PlannedRow], str]:
+    from django.db import connection
+
+    from ledger.planners.held import STAGED
+    from ledger.planners.visit_list import staged_visit_list
+
+    with staged_visit_list(opts) as held, connection.cursor() as cur:
+        cur.execute(f"SELECT * FROM {STAGED}")
+        rows = [PlannedRow._make(values[:-1]) for values in cur.fetchall()]
+        digest = held.digest()
+    return _by_entity(rows), digest
+
+
+def _by_entity(rows: list[PlannedRow]) -> list[PlannedRow]:
+    return sorted(rows, key=lambda r: (r.entity_kind, r.entity_id))
+
+
+def _outcome(plan) -> tuple:
+    try:
+        return plan()
+    except LedgerError as error:
+        return ("refused", str(error))
+
+
+def test_a_visit_list_held_by_the_database_is_the_plan_read_into_python(host, capped):
+    """The staged plan (rows and expectations written by one SQL statement) holds the same
+    rows, digest and refusals as the planner that reads them into Python, whatever the list:
+    some or all visits of works, expanded or not, visits already at the target or in trial,
+    paid works, entities with earlier ledger events, by visit id or by xform id."""
+    from commcare_connect.opportunity.models import CompletedWork
+
+    opp, unit, access, works = capped
+    services.apply_batch(services.plan_visits("first", visit_ids=_visit_ids(works[:2])).batch)
+    visits = list(UserVisit.objects.filter(completed_work__in=works).order_by("pk"))
+    UserVisit.objects.filter(pk=visits[-1].pk).update(status="trial")
+    CompletedWork.objects.filter(pk=works[1].pk).update(payment_date="2026-03-02T00:00:00Z")
+    other = host.access(opp, caps={unit: 1})
+    extra = host.approved_work(other, unit)
+    ids = [v.pk for v in visits] + _visit_ids([extra])
+    cases = [
+        VisitListOptions(visit_ids=ids, to_status="rejected"),
+        VisitListOptions(visit_ids=ids, to_status="approved"),
+        VisitListOptions(visit_ids=ids[::2], to_status="rejected"),
+        VisitListOptions(visit_ids=ids[::2], to_status="pending", expand=True),
+        VisitListOptions(visit_ids=ids[:3], to_status="over_limit", expand=True),
+        VisitListOptions(
+            xform_ids=[v.xform_id for v in visits[1:]], to_status="rejected", expand=True
+        ),  # fmt: skip
+        VisitListOptions(visit_ids=ids, to_status="nonsense"),
+        VisitListOptions(visit_ids=[10**12], to_status="rejected"),
+    ]
+    refused = 0
+    for opts in cases:
+
+        def in_python(opts=opts):
+            rows = with_expectations(plan_visit_list(opts))
+            return _by_entity(rows), plan_digest(rows)
+
+        expected = _outcome(in_python)
+        assert _outcome(lambda opts=opts: _held(opts)) == expected, opts
+        refused += expected[0] == "refused"
+        if expected[0] != "refused":
+            assert any(r.prev_event_id for r in expected[0]) or opts.visit_ids != ids
+    assert 0 < refused < len(cases)
