@@ -205,3 +205,31 @@ def e2e_floor(params: dict, probe: Probe) -> dict:
     started = time.perf_counter()
     flipped = floor.flip(ids, "over_limit")
     return {"seconds": time.perf_counter() - started, "flipped": flipped, **_outcome()}
+
+
+@step
+def plan_probed(params: dict, probe: Probe) -> dict:
+    """The benchmark batch planned and priced (as ``e2e_ledger`` plans it) under the lock
+    probe, then discarded: the plan alone, for ``benchmarks.plan_probe``."""
+    from ledger import services
+    from ledger.lock_probe import LockProbe
+
+    ids = data.batch_ids()
+    lock_rows = _probe_rows(ids)
+    _people()
+    started = time.perf_counter()
+    with LockProbe(lock_rows) as locks:
+        plan = services.plan_visits(
+            reason=REASON, visit_ids=ids["visit"], expand=True, operator=OPERATOR
+        )
+    seconds = time.perf_counter() - started
+    services.discard_batch(plan.batch, operator=OPERATOR)
+    return {
+        "seconds": seconds,
+        "flips": plan.totals.works + plan.totals.visits,
+        "lock_probe": {
+            "attempts": locks.attempts,
+            "failures": locks.failures,
+            "errors": [repr(e) for e in locks.errors[:3]],
+        },
+    }
