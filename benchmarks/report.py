@@ -261,7 +261,7 @@ def render(measured: dict) -> str:
     add(
         f"| Plan the batch: visit list, expanded, priced and stored (`plan_visits`) | "
         f"{_time(f.median('plan_ledger_visits'))} — rows "
-        f"{_time(f.median('plan_ledger_visits', 'phases.plan_visit_list'))}, pricing "
+        f"{_time(f.median('plan_ledger_visits', 'phases.rows'))}, pricing "
         f"{_time(f.median('plan_ledger_visits', 'phases.price'))}, storing "
         f"{_time(f.median('plan_ledger_visits', 'phases._store_plan'))} "
         "| — | — | — | — | — | — |"
