@@ -24,7 +24,7 @@ from django.db import DatabaseError, connection
 
 from ledger import digests
 from ledger.models import EntityKind, ExclusionReason, PlannedChange
-from ledger.planners.rows import PlannedRow
+from ledger.planners.rows import PlannedRow, fetch
 from ledger.sql import chunks, cursor, int_array, table
 
 WORK = EntityKind.completed_work.value
@@ -65,9 +65,7 @@ class HeldRows:
         return f"SELECT * FROM ({sql}) f WHERE f.excluded = ''", params
 
     def _one(self, sql: str, params: list) -> tuple:
-        with cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()
+        return fetch(sql, params)[0]
 
     # -- what pricing reads ---------------------------------------------------------------------
 
@@ -85,13 +83,12 @@ class HeldRows:
 
     def access_ids(self) -> list[int]:
         sql, params = self._flips()
-        with cursor() as cur:
-            cur.execute(
-                f"""SELECT DISTINCT f.access_id FROM ({sql}) f
-                    WHERE f.access_id IS NOT NULL ORDER BY 1""",
-                params,
-            )
-            return [pk for (pk,) in cur.fetchall()]
+        found = fetch(
+            f"""SELECT DISTINCT f.access_id FROM ({sql}) f
+                WHERE f.access_id IS NOT NULL ORDER BY 1""",
+            params,
+        )
+        return [pk for (pk,) in found]
 
     def flip_arrays(self) -> dict[str, str]:
         """The flips as the projection's array parameters (as :func:`accrual_rules._flip_arrays`
@@ -152,29 +149,27 @@ class HeldRows:
     def counts_by_access(self) -> dict[int, list[int]]:
         """Per access: [works, visits] flipped."""
         sql, params = self._flips()
-        with cursor() as cur:
-            cur.execute(
-                f"""SELECT f.access_id, count(*) FILTER (WHERE f.entity_kind = %s),
-                           count(*) FILTER (WHERE f.entity_kind <> %s)
-                    FROM ({sql}) f WHERE f.access_id IS NOT NULL GROUP BY 1""",
-                [WORK, WORK, *params],
-            )
-            return {pk: [works, visits] for pk, works, visits in cur.fetchall()}
+        found = fetch(
+            f"""SELECT f.access_id, count(*) FILTER (WHERE f.entity_kind = %s),
+                       count(*) FILTER (WHERE f.entity_kind <> %s)
+                FROM ({sql}) f WHERE f.access_id IS NOT NULL GROUP BY 1""",
+            [WORK, WORK, *params],
+        )
+        return {pk: [works, visits] for pk, works, visits in found}
 
     def excluded(self) -> dict[str, tuple[list[int], list[int]]]:
         """Per exclusion reason: the work ids and the visit ids it leaves alone, sorted."""
         sql, params = self.select()
-        with cursor() as cur:
-            cur.execute(
-                f"""SELECT r.excluded,
-                           COALESCE(array_agg(DISTINCT r.entity_id ORDER BY r.entity_id)
-                                    FILTER (WHERE r.entity_kind = %s), '{{}}'),
-                           COALESCE(array_agg(r.entity_id ORDER BY r.entity_id)
-                                    FILTER (WHERE r.entity_kind <> %s), '{{}}')
-                    FROM ({sql}) r WHERE r.excluded <> '' GROUP BY 1""",
-                [WORK, WORK, *params],
-            )
-            return {reason: (works, visits) for reason, works, visits in cur.fetchall()}
+        found = fetch(
+            f"""SELECT r.excluded,
+                       COALESCE(array_agg(DISTINCT r.entity_id ORDER BY r.entity_id)
+                                FILTER (WHERE r.entity_kind = %s), '{{}}'),
+                       COALESCE(array_agg(r.entity_id ORDER BY r.entity_id)
+                                FILTER (WHERE r.entity_kind <> %s), '{{}}')
+                FROM ({sql}) r WHERE r.excluded <> '' GROUP BY 1""",
+            [WORK, WORK, *params],
+        )
+        return {reason: (works, visits) for reason, works, visits in found}
 
     # -- storing --------------------------------------------------------------------------------
 
