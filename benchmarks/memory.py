@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from benchmarks import env
 from benchmarks.recompute_workers import redis_broker
-from benchmarks.run import HarnessError, Steps, drop_database, recreate_database
+from benchmarks.run import HarnessError, own_database
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.setup(None)
     try:
-        with tempfile.TemporaryDirectory(prefix="ledger-memory-") as folder, redis_broker() as url:
+        with (
+            own_database(args.database, drop=args.drop, prefix="ledger-memory-") as steps,
+            redis_broker() as url,
+        ):
             queued = {"LEDGER_RECOMPUTE": "celery", "CELERY_BROKER_URL": url}
-            recreate_database(args.database)
-            steps = Steps(args.database, Path(folder))
             setup = steps.run(
                 "setup", visits=args.visits, seed=args.seed, history_events=0, share=args.share
             )
@@ -45,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
-    finally:
-        if args.drop:
-            drop_database(args.database)
     flips = batch["visits"] + batch["works"]
     print(
         f"\n{flips:,} flips ({batch['visits']:,} visits, {batch['works']:,} works) of "

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from benchmarks import env
-from benchmarks.run import HarnessError, Steps, drop_database, recreate_database
+from benchmarks.run import HarnessError, own_database
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env.setup(None)
     try:
-        with tempfile.TemporaryDirectory(prefix="ledger-plans-") as folder:
-            recreate_database(args.database)
-            steps = Steps(args.database, Path(folder))
+        with own_database(args.database, drop=args.drop, prefix="ledger-plans-") as steps:
             steps.run("setup", visits=args.visits, seed=args.seed, history_events=0)
             outcomes = [steps.run("plan_probed") for _ in range(args.runs)]
     except HarnessError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
-    finally:
-        if args.drop:
-            drop_database(args.database)
     print("\n| Run | Flips | Priced plan | Lock probe |")
     print("|---:|---:|---:|---|")
     for n, o in enumerate(outcomes, start=1):

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks import env, report
-from benchmarks.run import HarnessError, Steps, code_state, drop_database, recreate_database
+from benchmarks.run import HarnessError, code_state, own_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     code = code_state()
     results: dict[str, list[dict]] = {"history": [], "verify": []}
     try:
-        recreate_database(args.database)
-        with tempfile.TemporaryDirectory(prefix="ledger-reads-") as folder:
-            steps = Steps(args.database, Path(folder))
+        with own_database(args.database, drop=args.drop, prefix="ledger-reads-") as steps:
             print(f"Building {args.visits:,} visits and {args.events:,} events", flush=True)
             setup = steps.run(
                 "setup", visits=args.visits, seed=args.seed, history_events=args.events
@@ -54,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
-    finally:
-        if args.drop:
-            drop_database(args.database)
     if not all(r["ok"] for r in results["verify"]):
         print(f"verify found problems: {results['verify'][0]['problems']}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ that should have restored it (the measurements would be meaningless).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import env, report
@@ -99,6 +101,19 @@ def code_state(since: str | None = None) -> dict:
         moved = git("diff", "--name-only", since, "HEAD", "--", *MEASURED_CODE)
         state["committed_since"] = moved.splitlines() if moved != "?" else ["?"]
     return state
+
+
+@contextlib.contextmanager
+def own_database(name: str, *, drop: bool, prefix: str) -> Iterator[Steps]:
+    """A benchmark's database, recreated, and a :class:`Steps` runner on it with a temporary
+    work folder; with ``drop``, the database is dropped afterwards, whatever happened."""
+    try:
+        recreate_database(name)
+        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+            yield Steps(name, Path(folder))
+    finally:
+        if drop:
+            drop_database(name)
 
 
 def recreate_database(name: str, template: str | None = None) -> None:
