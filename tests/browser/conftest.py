@@ -142,6 +142,27 @@ class Browser:
             pass
         assert self.driver.find_elements(By.ID, "user-tools"), self.driver.page_source[:500]
 
+    def follow(self, element, *, submit: bool = False):
+        """Click ``element`` (or submit its form) and wait until the next page has replaced it.
+
+        Selenium returns from a click as soon as the browser has the event, not when the page
+        it leads to has loaded; reading the page straight after would read the old one.
+        """
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        page = self.driver.find_element(By.TAG_NAME, "html")
+        if submit:
+            element.submit()
+        else:
+            element.click()
+        WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 15).until(
+            lambda d: d.execute_script("return document.readyState") == "complete"
+        )
+        return self.driver
+
     def text(self) -> str:
         from selenium.webdriver.common.by import By
 

@@ -163,7 +163,7 @@ def test_batch_list_and_batch_page(browser, scene):
     assert height < 40, f"a batch row is {height}px high"
 
     # The batch page: lifecycle, the priced plan with its tables and chart, outcomes.
-    row.find_element(By.CSS_SELECTOR, "th a, td a").click()
+    browser.follow(row.find_element(By.CSS_SELECTOR, "th a, td a"))
     assert scene.batch in d.current_url
     _styled(d)
     body = browser.text()
@@ -181,13 +181,13 @@ def test_batch_list_and_batch_page(browser, scene):
     browser.shot("02-batch-page", full=True)
 
     # Its object tools lead to the batch's events, planned changes and recomputes.
-    d.find_element(By.CSS_SELECTOR, ".object-tools a[href*='accrualrecompute']").click()
+    browser.follow(d.find_element(By.CSS_SELECTOR, ".object-tools a[href*='accrualrecompute']"))
     assert f"batch__id__exact={scene.batch}" in d.current_url
     assert _rows(d) > 0
     links = d.find_elements(By.CSS_SELECTOR, "#result_list td.field-batch_column a")
     assert links and all(a.text == scene.batch[:8] for a in links)
     browser.shot("05-recompute-list")
-    links[0].click()
+    browser.follow(links[0])
     assert scene.batch in d.current_url and "Priced plan" in browser.text()
 
 
@@ -212,7 +212,7 @@ def test_event_list_and_event_page(browser, scene):
     skipped = CorrectionEvent.objects.get(
         batch_id=scene.batch, entity_kind="completed_work", entity_id=scene.skipped_work
     )
-    d.find_element(By.LINK_TEXT, str(skipped.pk)).click()
+    browser.follow(d.find_element(By.LINK_TEXT, str(skipped.pk)))
     _styled(d)
     body = browser.text()
     for text in ("Lineage", "Skipped by undo batch", scene.undo[:8], "still in effect",
@@ -227,7 +227,7 @@ def test_event_list_and_event_page(browser, scene):
     inverse = CorrectionEvent.objects.get(inverts=inverted)
     browser.get(f"/admin/ledger/correctionevent/{inverted.pk}/change/")
     assert "Undone by" in browser.text()
-    d.find_element(By.LINK_TEXT, f"#{inverse.pk}").click()
+    browser.follow(d.find_element(By.LINK_TEXT, f"#{inverse.pk}"))
     assert f"/{inverse.pk}/change/" in d.current_url
     assert "Inverts" in browser.text()
     browser.shot("04b-event-page-undo-event", full=True)
@@ -245,7 +245,8 @@ def test_filters_links_and_refused_lookups(browser, scene):
     d = browser.get("/admin/ledger/correctionevent/")
     box = d.find_element(By.CSS_SELECTOR, "input[name=batch__id__exact]")
     box.send_keys(scene.undo)
-    box.submit()
+    browser.follow(box, submit=True)
+    assert f"batch__id__exact={scene.undo}" in d.current_url
     assert _rows(d) == CorrectionEvent.objects.filter(batch_id=scene.undo).count()
     # Narrowing filters appear once a selection is made.
     assert d.find_elements(By.PARTIAL_LINK_TEXT, "over_limit")
@@ -278,7 +279,7 @@ def test_host_admin_links_into_the_ledger(browser, scene):
     assert "event" in record.text
     browser.get("/admin/opportunity/uservisit/")
     row = d.find_element(By.XPATH, f"//tr[.//a[contains(@href, '/uservisit/{visit}/')]]")
-    row.find_element(By.LINK_TEXT, "corrections").click()
+    browser.follow(row.find_element(By.LINK_TEXT, "corrections"))
     assert f"visit_id={visit}" in d.current_url
     expected = CorrectionEvent.objects.filter(entity_kind="visit", entity_id=visit).count()
     assert expected and _rows(d) == expected
@@ -288,7 +289,7 @@ def test_host_admin_links_into_the_ledger(browser, scene):
     d = browser.get("/admin/opportunity/completedwork/")
     browser.shot("08-host-completed-work-list")
     row = d.find_element(By.XPATH, f"//tr[.//a[contains(@href, '/completedwork/{work}/')]]")
-    row.find_element(By.LINK_TEXT, "corrections").click()
+    browser.follow(row.find_element(By.LINK_TEXT, "corrections"))
     assert f"completed_work_id={work}" in d.current_url
     work_events = CorrectionEvent.objects.filter(completed_work_id=work).count()
     assert _rows(d) == work_events and work_events > 1  # the work's and its visits'
