@@ -110,30 +110,48 @@ def plan_event_problems(batch_ids: list[str] | None = None) -> tuple[int, list[P
 
 def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Problem]]:
     """Every batch held to a plan (of ``batch_ids``, or all): its ``plan_digest`` recomputed
-    in the database from its planned changes, in the format the batch records."""
+    in the database from its planned changes, in the format the batch records.
+
+    Each planned change's text is built in a subquery that PostgreSQL cannot fold into the
+    aggregate (``OFFSET 0``) and that is sorted in the aggregate's order, so parallel workers
+    build and sort the texts and the ordered ``string_agg`` only concatenates them. Built
+    inside the aggregate, every text was made by one process: a third of the time of a
+    ``verify`` at a million planned changes."""
     t = tables()
     lines = digests.sql_digest_lines("p")
-    where, params = ("AND b.id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    order = digests.sql_order("p")
+    wanted, params = ("AND p.batch_id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    where = "AND b.id = ANY(%s::uuid[])" if batch_ids else ""
     rows = fetchall(
         f"""
+        WITH texts AS (
+            SELECT x.batch_id, count(*) AS changes,
+                   string_agg(x.line, '' ORDER BY x.kind COLLATE "C", x.entity_id, x.id) AS body
+            FROM (
+                SELECT p.batch_id, p.entity_kind AS kind, p.entity_id, p.id,
+                       CASE f.digest_format WHEN 1 THEN {lines[1]} ELSE {lines[2]} END AS line
+                FROM {t["planned"]} p JOIN {t["batch"]} f ON f.id = p.batch_id
+                WHERE TRUE {wanted}
+                ORDER BY p.batch_id, {order}
+                OFFSET 0
+            ) x
+            GROUP BY x.batch_id
+        )
         SELECT id, digest_format, plan_digest, computed, changes, count(*) OVER ()
         FROM (
-            SELECT b.id, b.digest_format, b.plan_digest, b.created_at, count(p.id) AS changes,
+            SELECT b.id, b.digest_format, b.plan_digest, b.created_at,
+                   COALESCE(x.changes, 0) AS changes,
                    encode(sha256(convert_to(
                        CASE b.digest_format WHEN 1 THEN {digests.sql_prefix(1)}
                                             WHEN 2 THEN {digests.sql_prefix(2)} END
-                       || COALESCE(string_agg(
-                              CASE b.digest_format WHEN 1 THEN {lines[1]} ELSE {lines[2]} END,
-                              '' ORDER BY {digests.sql_order("p")}), ''),
-                       'UTF8')), 'hex') AS computed
-            FROM {t["batch"]} b LEFT JOIN {t["planned"]} p ON p.batch_id = b.id
+                       || COALESCE(x.body, ''), 'UTF8')), 'hex') AS computed
+            FROM {t["batch"]} b LEFT JOIN texts x ON x.batch_id = b.id
             WHERE {_PLANNED.format(planned=t["planned"])} {where}
-            GROUP BY b.id
         ) s
         WHERE computed IS DISTINCT FROM plan_digest
         ORDER BY created_at, id LIMIT %s
         """,
-        [*params, MAX_PROBLEMS_PER_CHECK],
+        [*params, *params, MAX_PROBLEMS_PER_CHECK],
     )
     problems = [
         Problem(
