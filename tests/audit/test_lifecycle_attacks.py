@@ -18,6 +18,7 @@ from commcare_connect.demo.incident import build_incident
 from ledger import anchors, digests, services, verify
 from ledger.models import CorrectionBatch, CorrectionEvent, PlannedChange
 from ledger.planners.rows import PlannedRow, plan_digest
+from ledger.verify.plans import digest_problems
 
 from .conftest import (
     TEST_ANCHOR_KEY,
@@ -194,6 +195,27 @@ def test_a_plan_edited_after_apply_fails_the_digest(applied, roles, column, valu
     sql("RESET ROLE")
     messages = problems(verify.run_checks(["plans"]), "plans")
     assert any("do not give its plan digest" in m for m in messages), messages
+
+
+def test_the_digest_check_of_named_batches_reads_only_them(applied, roles):
+    """Anchoring re-checks only the batches touched since the last anchor: the digest check
+    takes their ids both where it builds the texts and where it picks the batches."""
+    owner, _ = roles
+    assert digest_problems([str(applied.batch)]) == (0, [])
+    change = PlannedChange.objects.filter(batch_id=applied.batch, entity_kind="visit").first()
+    sql(f"SET ROLE {owner}")
+    with lift_all():
+        sql(f"UPDATE {PLANNED} SET xform_id = 'forged' WHERE id = %s", [change.pk])
+    sql("RESET ROLE")
+    total, found = digest_problems([str(applied.batch)])
+    assert total == 1 and found[0].batch == str(applied.batch), found
+    assert "do not give its plan digest" in found[0].message
+    others = [
+        str(b)
+        for b in CorrectionBatch.objects.exclude(pk=applied.batch).values_list("pk", flat=True)
+    ]
+    assert digest_problems(others or ["00000000-0000-0000-0000-000000000000"]) == (0, [])
+    assert digest_problems()[0] == 1
 
 
 def test_the_digest_covers_every_column_and_sql_agrees_with_python(applied):
