@@ -118,20 +118,20 @@ def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Probl
     inside the aggregate, every text was made by the one process running it."""
     t = tables()
     lines = digests.sql_digest_lines("p")
-    order = digests.sql_order("p")
-    wanted, params = ("AND p.batch_id = ANY(%s::uuid[])", [batch_ids]) if batch_ids else ("", [])
+    ids = [batch_ids] if batch_ids else []
+    wanted = "AND p.batch_id = ANY(%s::uuid[])" if batch_ids else ""
     where = "AND b.id = ANY(%s::uuid[])" if batch_ids else ""
     rows = fetchall(
         f"""
         WITH texts AS (
             SELECT x.batch_id, count(*) AS changes,
-                   string_agg(x.line, '' ORDER BY x.kind COLLATE "C", x.entity_id, x.id) AS body
+                   string_agg(x.line, '' ORDER BY {digests.sql_order("x")}) AS body
             FROM (
-                SELECT p.batch_id, p.entity_kind AS kind, p.entity_id, p.id,
+                SELECT p.batch_id, p.entity_kind, p.entity_id, p.id,
                        CASE f.digest_format WHEN 1 THEN {lines[1]} ELSE {lines[2]} END AS line
                 FROM {t["planned"]} p JOIN {t["batch"]} f ON f.id = p.batch_id
                 WHERE TRUE {wanted}
-                ORDER BY p.batch_id, {order}
+                ORDER BY p.batch_id, {digests.sql_order("p")}
                 OFFSET 0
             ) x
             GROUP BY x.batch_id
@@ -150,7 +150,7 @@ def digest_problems(batch_ids: list[str] | None = None) -> tuple[int, list[Probl
         WHERE computed IS DISTINCT FROM plan_digest
         ORDER BY created_at, id LIMIT %s
         """,
-        [*params, *params, MAX_PROBLEMS_PER_CHECK],
+        [*ids, *ids, MAX_PROBLEMS_PER_CHECK],
     )
     problems = [
         Problem(
