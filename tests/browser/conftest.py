@@ -132,14 +132,7 @@ class Browser:
         self.get("/admin/login/?next=/admin/")
         self.driver.find_element(By.ID, "id_username").send_keys(username)
         self.driver.find_element(By.ID, "id_password").send_keys(password)
-        self.driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-        # A loaded machine can take a moment to serve the next page: wait for it, briefly.
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        try:
-            WebDriverWait(self.driver, 15).until(lambda d: d.find_elements(By.ID, "user-tools"))
-        except Exception:  # noqa: BLE001 - reported below with the page
-            pass
+        self.follow(self.driver.find_element(By.CSS_SELECTOR, "input[type=submit]"))
         assert self.driver.find_elements(By.ID, "user-tools"), self.driver.page_source[:500]
 
     def follow(self, element, *, submit: bool = False):
